@@ -1,0 +1,450 @@
+"""One validated config tree for every command.
+
+Loading follows ``merge(structured(Config), yaml, dotlist overrides)`` so omegaconf rejects
+unknown keys and wrong types; :func:`validate` then checks the values against each other.
+Every failure is a :class:`ConfigError` whose message is one line naming the key.
+
+Derived values (data-parallel size, gradient accumulation, global batch in bytes) are
+computed once by :func:`derive` and asserted there, never recomputed elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line that names the offending key."""
+
+
+# --------------------------------------------------------------------------------------
+# Schema. Every field has a docstring-style comment right under it.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StackConfig:
+    """One transformer stack (the global model, the local model, or a baseline's only stack)."""
+
+    dim: int = 256
+    """Model width D. For MEGABYTE's global model this is P * D_G (the patch vector width)."""
+    layers: int = 2
+    """Number of transformer blocks."""
+    heads: int = 4
+    """Attention heads; must divide ``dim``."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ``arch=megabyte`` uses both stacks; ``arch=transformer`` only ``global_model``."""
+
+    arch: str = "megabyte"
+    """``megabyte`` (multiscale byte model) or ``transformer`` (the baselines)."""
+    vocab: str = "bytes"
+    """``bytes`` (256 byte values + pad/bos/eos) or ``sentencepiece`` (subword baseline)."""
+    tokenizer: Optional[str] = None
+    """Path of a SentencePiece ``.model`` file; required when ``vocab=sentencepiece``."""
+    seq_len: int = 512
+    """Context length T: bytes for byte models, tokens for the subword baseline."""
+    patch_size: int = 8
+    """Patch size P (MEGABYTE only); must divide ``seq_len``."""
+    global_model: StackConfig = field(default_factory=lambda: StackConfig(256, 2, 4))
+    """MEGABYTE's global model (width P*D_G), or the baseline Transformer's stack."""
+    local_model: StackConfig = field(default_factory=lambda: StackConfig(128, 2, 4))
+    """MEGABYTE's local model (width D_L). Ignored by ``arch=transformer``."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of the model width (the paper's FLOP formula assumes 4)."""
+    activation: str = "relu"
+    """MLP activation: ``relu`` (the paper) or ``gelu``."""
+    dropout: float = 0.1
+    """Dropout on attention weights and residual branches (never on embeddings), as in the paper."""
+    init_std: float = 0.006
+    """Std of the truncated-normal init (truncated at +-2 std); the paper reports it matters."""
+    cross_patch_window: int = 0
+    """Paper option (a): local attention also sees the last r positions of the previous patch,
+    with rotary positions. 0 disables it."""
+    conv_encoder: bool = False
+    """Paper option (b): causal convolutions over the byte embeddings before patching."""
+    conv_kernel_sizes: List[int] = field(default_factory=lambda: [3, 5, 7])
+    """Filter sizes of the causal patch-encoder convolutions (the paper uses 3, 5, 7)."""
+
+
+@dataclass
+class DataConfig:
+    """Where training and validation bytes come from."""
+
+    source: str = "stdlib"
+    """``stdlib``: Python's standard library source on this machine (always present);
+    ``files``: every file under ``path`` (recursively)."""
+    path: Optional[str] = None
+    """Root directory for ``source=files``; defaults to the stdlib directory for ``stdlib``."""
+    max_bytes: int = 16_000_000
+    """Cap on corpus bytes read (files taken in sorted order until the cap)."""
+    val_fraction: float = 0.05
+    """Fraction of documents held out for validation (chosen by a hash of the file path)."""
+    val_bytes: int = 65_536
+    """How many held-out bytes the periodic validation scores."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the LR schedule; defaults are the paper's recipe (A.1)."""
+
+    lr: float = 3e-4
+    """Peak learning rate (paper: 2e-4 to 3e-4)."""
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam betas (paper: 0.9, 0.98)."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (not on norms, biases or embeddings)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    warmup_steps: int = 500
+    """Linear warmup updates (paper: 500)."""
+    decay_power: float = 1.0
+    """Polynomial decay exponent after warmup, down to ``min_lr`` at ``train.max_steps``."""
+    min_lr: float = 0.0
+    """Final learning rate."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    max_steps: int = 1000
+    """Optimizer updates to run."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint and a final evaluation) after this wall time; 0 = no limit."""
+    micro_batch_size: int = 8
+    """Sequences per rank per forward/backward."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer update (derived when ``global_batch_bytes`` is set)."""
+    global_batch_bytes: int = 0
+    """If > 0: bytes per update across all ranks; ``grad_accum_steps`` is derived from it."""
+    seed: int = 1234
+    """Seed for init, data order and dropout."""
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu`` or ``cuda``."""
+    dtype: str = "fp32"
+    """``fp32`` or ``bf16`` (autocast)."""
+    eval_interval: int = 200
+    """Validate every this many updates (and at the end); 0 = only at the end."""
+    sample_bytes: int = 0
+    """If > 0, generate this many bytes at every evaluation and log them."""
+
+
+@dataclass
+class ParallelConfig:
+    """Distributed layout (used by the DeepSpeed engine; single-process runs need TP=1)."""
+
+    tensor_parallel: int = 1
+    """TP degree of the global model; must divide its heads and MLP width."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage 0-3."""
+    checkpoint_global: bool = False
+    """Activation checkpointing of the global model's blocks."""
+    checkpoint_local: bool = False
+    """Activation checkpointing of the local model's blocks."""
+
+
+@dataclass
+class LoggingConfig:
+    """Console and TensorBoard logging."""
+
+    log_interval: int = 10
+    """Log training metrics every this many updates."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into the run directory."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on stderr."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpointing and resumption."""
+
+    interval: int = 500
+    """Save every this many updates (and at the end); 0 = only at the end."""
+    keep_last: int = 2
+    """How many checkpoints to keep."""
+    resume: bool = True
+    """Resume automatically from ``<run_dir>/checkpoints/latest`` when it exists."""
+
+
+@dataclass
+class Config:
+    """The whole config tree."""
+
+    run_dir: str = "runs/quickstart"
+    """Output directory: resolved config, checkpoints, TensorBoard events, results."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def _omegaconf_error(err: OmegaConfBaseException, origin: str) -> ConfigError:
+    """Turn an omegaconf exception into one line naming the key."""
+    key = getattr(err, "full_key", None) or ""
+    msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return ConfigError(f"config error ({origin}): {key}: unknown key")
+    if "Value '" in msg or "could not be converted" in msg or "Invalid type" in msg:
+        value = msg.split("Value '", 1)[1].split("'", 1)[0] if "Value '" in msg else None
+        want = ""
+        if " to " in msg:
+            want = " (expected " + msg.rsplit(" to ", 1)[1].strip().rstrip(".") + ")"
+        shown = f" {value!r}" if value is not None else ""
+        return ConfigError(f"config error ({origin}): {key}: wrong type{shown}{want}")
+    return ConfigError(f"config error ({origin}): {key or '<root>'}: {msg}")
+
+
+def load_config(path: Optional[os.PathLike | str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (default: the quick-start preset), apply ``key=value`` overrides, validate.
+
+    Raises :class:`ConfigError` with a one-line message on any problem.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    schema = OmegaConf.structured(Config)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"config error: cannot read {path}: {err.strerror or err}") from None
+    try:
+        from_file = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except Exception as err:  # yaml parse errors come in several types
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None
+    if not isinstance(from_file, DictConfig):
+        raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+    try:
+        merged = OmegaConf.merge(schema, from_file)
+    except OmegaConfBaseException as err:
+        raise _omegaconf_error(err, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: override {item!r} is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise _omegaconf_error(err, f"override {item!r}") from None
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _omegaconf_error(err, str(path)) from None
+    validate(cfg)
+    return cfg
+
+
+def _check(cond: bool, key: str, problem: str) -> None:
+    if not cond:
+        raise ConfigError(f"config error: {key}: {problem}")
+
+
+def validate(cfg: Config) -> None:
+    """Check values against each other; raise :class:`ConfigError` naming the first bad key."""
+    m = cfg.model
+    _check(m.arch in ("megabyte", "transformer"), "model.arch",
+           f"must be 'megabyte' or 'transformer', got {m.arch!r}")
+    _check(m.vocab in ("bytes", "sentencepiece"), "model.vocab",
+           f"must be 'bytes' or 'sentencepiece', got {m.vocab!r}")
+    if m.vocab == "sentencepiece":
+        _check(m.arch == "transformer", "model.vocab",
+               "sentencepiece vocabularies are for arch=transformer (MEGABYTE models bytes)")
+        _check(bool(m.tokenizer), "model.tokenizer", "required when model.vocab=sentencepiece")
+        _check(Path(str(m.tokenizer)).is_file(), "model.tokenizer",
+               f"file not found: {m.tokenizer}")
+    _check(m.seq_len > 0, "model.seq_len", f"must be positive, got {m.seq_len}")
+    stacks = [("model.global_model", m.global_model)]
+    if m.arch == "megabyte":
+        stacks.append(("model.local_model", m.local_model))
+        _check(m.patch_size > 0, "model.patch_size", f"must be positive, got {m.patch_size}")
+        _check(m.seq_len % m.patch_size == 0, "model.seq_len",
+               f"{m.seq_len} is not a multiple of model.patch_size={m.patch_size}")
+        _check(m.global_model.dim % m.patch_size == 0, "model.global_model.dim",
+               f"{m.global_model.dim} is not a multiple of model.patch_size={m.patch_size} "
+               "(global width = patch_size * D_G)")
+        _check(0 <= m.cross_patch_window <= m.patch_size, "model.cross_patch_window",
+               f"must be in [0, patch_size={m.patch_size}], got {m.cross_patch_window}")
+        if m.cross_patch_window:
+            head_dim = m.local_model.dim // max(m.local_model.heads, 1)
+            _check(head_dim % 2 == 0, "model.local_model.heads",
+                   "rotary positions (cross_patch_window > 0) need an even local head size")
+        _check(all(k > 0 for k in m.conv_kernel_sizes), "model.conv_kernel_sizes",
+               f"kernel sizes must be positive, got {list(m.conv_kernel_sizes)}")
+    for key, s in stacks:
+        _check(s.dim > 0, f"{key}.dim", f"must be positive, got {s.dim}")
+        _check(s.layers > 0, f"{key}.layers", f"must be positive, got {s.layers}")
+        _check(s.heads > 0, f"{key}.heads", f"must be positive, got {s.heads}")
+        _check(s.dim % s.heads == 0, f"{key}.heads",
+               f"{s.heads} heads do not divide {key}.dim={s.dim}")
+    _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
+    _check(m.activation in ("relu", "gelu"), "model.activation",
+           f"must be 'relu' or 'gelu', got {m.activation!r}")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _check(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
+
+    d = cfg.data
+    _check(d.source in ("stdlib", "files"), "data.source",
+           f"must be 'stdlib' or 'files', got {d.source!r}")
+    if d.source == "files":
+        _check(bool(d.path), "data.path", "required when data.source=files")
+        _check(Path(str(d.path)).is_dir(), "data.path", f"not a directory: {d.path}")
+    _check(d.max_bytes > 0, "data.max_bytes", f"must be positive, got {d.max_bytes}")
+    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction",
+           f"must be in (0, 1), got {d.val_fraction}")
+    _check(d.val_bytes > 0, "data.val_bytes", f"must be positive, got {d.val_bytes}")
+
+    o = cfg.optim
+    _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+           f"must be two numbers in [0, 1), got {list(o.betas)}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {o.grad_clip}")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _check(0 <= o.min_lr <= o.lr, "optim.min_lr", f"must be in [0, optim.lr], got {o.min_lr}")
+
+    t = cfg.train
+    _check(t.max_steps > 0, "train.max_steps", f"must be positive, got {t.max_steps}")
+    _check(t.max_minutes >= 0, "train.max_minutes", f"must be >= 0, got {t.max_minutes}")
+    _check(t.micro_batch_size > 0, "train.micro_batch_size",
+           f"must be positive, got {t.micro_batch_size}")
+    _check(t.grad_accum_steps > 0, "train.grad_accum_steps",
+           f"must be positive, got {t.grad_accum_steps}")
+    _check(t.global_batch_bytes >= 0, "train.global_batch_bytes",
+           f"must be >= 0, got {t.global_batch_bytes}")
+    _check(t.device in ("auto", "cpu", "cuda"), "train.device",
+           f"must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
+    _check(t.dtype in ("fp32", "bf16"), "train.dtype", f"must be 'fp32' or 'bf16', got {t.dtype!r}")
+    _check(t.eval_interval >= 0, "train.eval_interval", f"must be >= 0, got {t.eval_interval}")
+    _check(t.sample_bytes >= 0, "train.sample_bytes", f"must be >= 0, got {t.sample_bytes}")
+
+    p = cfg.parallel
+    _check(p.tensor_parallel > 0, "parallel.tensor_parallel",
+           f"must be positive, got {p.tensor_parallel}")
+    _check(m.global_model.heads % p.tensor_parallel == 0, "parallel.tensor_parallel",
+           f"{p.tensor_parallel} does not divide model.global_model.heads={m.global_model.heads}")
+    _check(p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage",
+           f"must be 0, 1, 2 or 3, got {p.zero_stage}")
+
+    _check(cfg.logging.log_interval > 0, "logging.log_interval",
+           f"must be positive, got {cfg.logging.log_interval}")
+    c = cfg.checkpoint
+    _check(c.interval >= 0, "checkpoint.interval", f"must be >= 0, got {c.interval}")
+    _check(c.keep_last > 0, "checkpoint.keep_last", f"must be positive, got {c.keep_last}")
+    _check(bool(cfg.run_dir), "run_dir", "must not be empty")
+
+
+# --------------------------------------------------------------------------------------
+# Derived values
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed once from the config and the world size."""
+
+    world_size: int
+    data_parallel: int
+    tensor_parallel: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    seq_len: int
+    global_batch_sequences: int
+    global_batch_units: int
+    """Tokens per update: bytes for byte models, subword tokens for the subword baseline."""
+
+
+def derive(cfg: Config, world_size: int = 1) -> Derived:
+    """Compute the batch algebra once: ``global = micro * accum * dp`` (sequences, then units)."""
+    tp = cfg.parallel.tensor_parallel
+    if world_size % tp:
+        raise ConfigError(f"config error: parallel.tensor_parallel: {tp} does not divide the "
+                          f"world size {world_size}")
+    dp = world_size // tp
+    t = cfg.train
+    per_step = t.micro_batch_size * dp * cfg.model.seq_len
+    accum = t.grad_accum_steps
+    if t.global_batch_bytes:
+        if t.global_batch_bytes % per_step:
+            raise ConfigError(
+                f"config error: train.global_batch_bytes: {t.global_batch_bytes} is not a multiple "
+                f"of micro_batch_size * data_parallel * seq_len = {per_step}")
+        accum = t.global_batch_bytes // per_step
+    sequences = t.micro_batch_size * accum * dp
+    units = sequences * cfg.model.seq_len
+    assert units == per_step * accum, (units, per_step, accum)
+    if t.global_batch_bytes:
+        assert units == t.global_batch_bytes
+    return Derived(world_size=world_size, data_parallel=dp, tensor_parallel=tp,
+                   micro_batch_size=t.micro_batch_size, grad_accum_steps=accum,
+                   seq_len=cfg.model.seq_len, global_batch_sequences=sequences,
+                   global_batch_units=units)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what every run saves next to its outputs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_resolved(cfg: Config, run_dir: os.PathLike | str, derived: Optional[Derived] = None) -> Path:
+    """Atomically write ``config.yaml`` (and the derived values as comments) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = to_yaml(cfg)
+    if derived is not None:
+        text += "# derived:\n" + "".join(
+            f"#   {k}: {v}\n" for k, v in dataclasses.asdict(derived).items())
+    return atomic_write_text(run_dir / "config.yaml", text)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers never see half)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the config (for checkpoints and JSON output)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def add_config_args(parser: Any) -> None:
+    """Add the shared ``--config`` option and ``key=value`` overrides to an argparse parser."""
+    parser.add_argument("--config", default=None,
+                        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides in dotted form, e.g. model.seq_len=1024")
+

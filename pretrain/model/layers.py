@@ -1,0 +1,224 @@
+"""The transformer block shared by MEGABYTE's global and local models and both baselines.
+
+Pure architecture: no ``torch.distributed`` here. The linear layers are laid out so that a
+tensor-parallel wrapper (applied elsewhere) can split them Megatron-style:
+
+* ``attn.qkv``  (D -> 3D): column-parallel. Output features are ordered (head, {q,k,v}, head_dim),
+  so a contiguous split of the output dimension gives each rank whole heads with their q, k, v.
+* ``attn.proj`` (D -> D): row-parallel (split by input features).
+* ``mlp.fc1``   (D -> r*D): column-parallel.   ``mlp.fc2`` (r*D -> D): row-parallel.
+
+Attention therefore infers its head count from the ``qkv`` output at run time, so the same code
+runs with all heads or with a TP shard of them.
+
+Dimension names: N = batch of sequences, L = query length, S = key length, D = width,
+H = heads, hd = head size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KV = Tuple[Tensor, Tensor]
+# Given one layer's fresh (k, v), each (N, H, L, hd), return keys/values to prepend: (N, H, r, hd).
+PrefixFn = Callable[[Tensor, Tensor], KV]
+
+
+def trunc_normal_init_(module: nn.Module, std: float) -> None:
+    """The paper's init: weights ~ N(0, std) truncated at +-2 std; biases 0; norms 1."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d)):
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class Rotary:
+    """Rotary position embedding tables (rotate-half form) for a head size ``hd``."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        self.head_dim = head_dim
+        self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+    def tables(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
+        """cos/sin tables, each (len(positions), hd), in float32."""
+        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+    @staticmethod
+    def apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate x (..., S, hd) by tables (S, hd)."""
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    Supports three extras without distributed code: a KV cache (``past``), keys/values of a
+    previous patch (``prefix_fn``, MEGABYTE's cross-patch attention) and rotary positions.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        past: Optional[KV] = None,
+        prefix_fn: Optional[PrefixFn] = None,
+        mask: Optional[Tensor] = None,
+        rope: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None,
+    ) -> Tuple[Tensor, KV]:
+        """x: (N, L, D) -> (N, L, D), plus this call's unrotated (k, v), each (N, H, L, hd).
+
+        ``mask``: boolean, broadcastable to (N, H, L, S_total), True = may attend. When None,
+        attention is causal if there are no extra keys, and unrestricted for a single query
+        (cached decoding of the newest position).
+        ``rope``: (cos_q, sin_q, cos_k, sin_k) tables for the queries and for *all* keys.
+        """
+        N, L, _ = x.shape
+        hd = self.head_dim
+        qkv = self.qkv(x).view(N, L, -1, 3, hd)  # (N, L, H, 3, hd); H = local heads under TP
+        q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))  # each (N, H, L, hd)
+        fresh = (k, v)
+        keys, values = k, v
+        if prefix_fn is not None:
+            pk, pv = prefix_fn(k, v)  # (N, H, r, hd)
+            keys, values = torch.cat([pk, keys], dim=2), torch.cat([pv, values], dim=2)
+        if past is not None:
+            keys, values = torch.cat([past[0], keys], dim=2), torch.cat([past[1], values], dim=2)
+        if rope is not None:
+            cos_q, sin_q, cos_k, sin_k = rope
+            q = Rotary.apply(q, cos_q, sin_q)
+            keys = Rotary.apply(keys, cos_k, sin_k)
+        extra = keys.shape[2] - L
+        drop = self.dropout if self.training else 0.0
+        if mask is None and extra == 0:
+            y = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop, is_causal=True)
+        elif mask is None and L == 1:
+            y = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop)
+        else:
+            if mask is None:
+                mask = causal_mask(L, keys.shape[2], x.device)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=drop)
+        y = y.transpose(1, 2).reshape(N, L, -1)  # (N, L, H*hd)
+        return self.proj(y), fresh
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """(q_len, k_len) boolean mask for the *last* q_len positions of a k_len sequence."""
+    offset = k_len - q_len
+    q_pos = torch.arange(q_len, device=device)[:, None] + offset
+    return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
+class MLP(nn.Module):
+    """Two linear layers with an activation (ReLU in the paper)."""
+
+    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        self.act: Callable[[Tensor], Tensor] = F.relu if activation == "relu" else F.gelu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + drop(attn(ln(x))), then x + drop(mlp(ln(x)))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, activation: str) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio * dim, activation)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, **attn_kwargs) -> Tuple[Tensor, KV]:
+        a, kv = self.attn(self.ln1(x), **attn_kwargs)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x, kv
+
+
+class KVCache:
+    """Per-layer keys and values (unrotated), each (N, H, S, hd), grown by ``append``."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers: List[Optional[KV]] = [None] * n_layers
+
+    def __len__(self) -> int:
+        first = self.layers[0]
+        return 0 if first is None else first[0].shape[2]
+
+    def append(self, i: int, kv: KV) -> None:
+        old = self.layers[i]
+        self.layers[i] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+
+    def tail(self, r: int) -> List[Optional[KV]]:
+        """The last r positions of every layer (for MEGABYTE's cross-patch prefix)."""
+        return [None if kv is None else (kv[0][:, :, -r:], kv[1][:, :, -r:]) for kv in self.layers]
+
+
+class TransformerStack(nn.Module):
+    """``layers`` pre-norm blocks followed by a final LayerNorm."""
+
+    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: int, dropout: float,
+                 activation: str) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, dropout, activation) for _ in range(layers))
+        self.ln_out = nn.LayerNorm(dim)
+        # Set by the parallel wrapper to wrap blocks with activation checkpointing.
+        self.checkpoint_fn: Optional[Callable[..., Tuple[Tensor, KV]]] = None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        cache: Optional[KVCache] = None,
+        prefix_fn: Optional[PrefixFn] = None,
+        mask: Optional[Tensor] = None,
+        rope: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None,
+        capture: Optional[List[KV]] = None,
+    ) -> Tensor:
+        """x: (N, L, D) -> (N, L, D).
+
+        With ``cache``, each layer attends to its cached keys first and appends its new ones.
+        With ``capture`` (a list), every layer's fresh (k, v) is appended to it.
+        """
+        for i, block in enumerate(self.blocks):
+            past = cache.layers[i] if cache is not None else None
+            kwargs = dict(past=past, prefix_fn=prefix_fn, mask=mask, rope=rope)
+            if self.checkpoint_fn is not None and self.training and cache is None:
+                x, kv = self.checkpoint_fn(block, x, **kwargs)
+            else:
+                x, kv = block(x, **kwargs)
+            if cache is not None:
+                cache.append(i, kv)
+            if capture is not None:
+                capture.append(kv)
+        return self.ln_out(x)
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
