@@ -226,7 +226,6 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Sequence[st
     Raises :class:`ConfigError` with a one-line message on any problem.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    schema = OmegaConf.structured(Config)
     try:
         text = path.read_text()
     except OSError as err:
@@ -238,6 +237,18 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Sequence[st
         raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None
     if not isinstance(from_file, DictConfig):
         raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+    return _build(from_file, str(path), overrides)
+
+
+def config_from_dict(values: dict, overrides: Sequence[str] = (), origin: str = "saved config"
+                     ) -> Config:
+    """Validate a plain dict (e.g. the config stored in a checkpoint), with overrides."""
+    return _build(OmegaConf.create(values), origin, overrides)
+
+
+def _build(from_file: DictConfig, origin: str, overrides: Sequence[str]) -> Config:
+    schema = OmegaConf.structured(Config)
+    path = origin
     try:
         merged = OmegaConf.merge(schema, from_file)
     except OmegaConfBaseException as err:

@@ -12,14 +12,16 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[setup] creating $VENV with $($PY --version)" >&2
   "$PY" -m venv "$VENV"
 fi
+# pip prints a warning per package for this machine's extra local indexes; hide only those.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]]; then
   echo "[setup] installing requirements into $VENV (first run takes a few minutes)" >&2
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel >&2
+  quiet "$VENV/bin/python" -m pip install --quiet --upgrade pip setuptools wheel >&2
   # torch first so nothing else can pull a different (CUDA, multi-GB) build.
-  "$VENV/bin/python" -m pip install --quiet "$(grep -E '^torch==' "$ROOT/requirements.txt")" >&2
+  quiet "$VENV/bin/python" -m pip install --quiet "$(grep -E '^torch==' "$ROOT/requirements.txt")" >&2
   grep -vE '^(torch|deepspeed)==' "$ROOT/requirements.txt" > "$VENV/.req-rest.txt"
-  "$VENV/bin/python" -m pip install --quiet -r "$VENV/.req-rest.txt" >&2
-  DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-build-isolation \
+  quiet "$VENV/bin/python" -m pip install --quiet -r "$VENV/.req-rest.txt" >&2
+  quiet env DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-build-isolation \
     "$(grep -E '^deepspeed==' "$ROOT/requirements.txt")" >&2
   echo "$WANT" > "$STAMP"
   echo "[setup] done" >&2

@@ -1,0 +1,141 @@
+"""Bits per byte over every byte of a text, in the paper's three inference modes.
+
+* ``basic``: consecutive non-overlapping windows of T.
+* ``sliding``: windows every ``stride`` positions; each window scores only its last ``stride``
+  positions (the first window scores all), so every position has >= T - stride context.
+* ``strided`` (MEGABYTE only, §1 "strided inference"): loss rises towards the end of a patch, so
+  two passes are run, the second offset by P/2, and each keeps only the first P/2 positions of
+  every patch. Combined with ``stride < T`` it is the paper's sliding + strided mode.
+
+Every position is scored exactly once in every mode (:func:`plan_windows` is tested for it).
+For the subword baseline positions are tokens, and the divisor is still the exact byte count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pretrain.losses import bits_per_byte, token_nll
+
+MODES = ("basic", "sliding", "strided", "sliding_strided")
+
+
+@dataclass
+class Window:
+    """One forward pass: ids[start:start+length], scoring in-window positions ``keep``."""
+
+    start: int
+    length: int
+    keep: np.ndarray  # int64 in-window positions to score
+
+
+def plan_windows(n: int, seq_len: int, stride: Optional[int] = None,
+                 patch_size: Optional[int] = None) -> List[Window]:
+    """Windows that score each of ``n`` positions exactly once.
+
+    ``stride`` < seq_len gives sliding windows; ``patch_size`` gives strided inference.
+    """
+    stride = stride or seq_len
+    if not 0 < stride <= seq_len:
+        raise ValueError(f"stride must be in (0, {seq_len}], got {stride}")
+    offsets = [0]
+    if patch_size:
+        if patch_size % 2 or stride % patch_size:
+            raise ValueError(f"strided inference needs an even patch size dividing the stride "
+                             f"(patch {patch_size}, stride {stride})")
+        offsets = [0, patch_size // 2]
+    windows: List[Window] = []
+    for offset in offsets:
+        start, first = offset, True
+        while start < n:
+            length = min(seq_len, n - start)
+            new_from = 0 if first else seq_len - stride
+            if new_from >= length:
+                break
+            idx = np.arange(new_from, length)
+            if patch_size:
+                idx = idx[idx % patch_size < patch_size // 2]
+            if len(idx):
+                windows.append(Window(start, length, idx))
+            start, first = start + stride, False
+    return windows
+
+
+def window_plan_for(mode: str, n: int, seq_len: int, patch_size: Optional[int],
+                    stride: Optional[int] = None) -> List[Window]:
+    """The window plan for a named mode (``stride`` defaults to seq_len / 2 for sliding)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; choose from {', '.join(MODES)}")
+    sliding = mode in ("sliding", "sliding_strided")
+    strided = mode in ("strided", "sliding_strided")
+    if strided and not patch_size:
+        raise ValueError("strided inference applies to MEGABYTE (a model with patches) only")
+    if sliding:
+        stride = stride or max(seq_len // 2, patch_size or 1)
+        if patch_size:
+            stride = max(patch_size, stride - stride % patch_size)
+    else:
+        stride = seq_len
+    return plan_windows(n, seq_len, stride, patch_size if strided else None)
+
+
+@torch.no_grad()
+def score_ids(model: torch.nn.Module, ids: Tensor, windows: Iterable[Window], batch_size: int = 8,
+              progress: bool = False, autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+    """Sum of NLL (nats) over the kept positions of every window; ``ids`` is a 1-D tensor."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    windows = list(windows)
+    total, count = 0.0, 0
+    # Group windows of equal length into batches.
+    groups: Dict[int, List[Window]] = {}
+    for w in windows:
+        groups.setdefault(w.length, []).append(w)
+    batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(w.length for w in windows), unit="B", unit_scale=True, desc="eval",
+                   leave=False)
+    for batch in batches:
+        x = torch.stack([ids[w.start:w.start + w.length] for w in batch]).to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            logits = model(x)
+        nll = token_nll(logits, x)  # (b, length)
+        for row, w in enumerate(batch):
+            keep = torch.from_numpy(w.keep).to(device)
+            total += nll[row, keep].double().sum().item()
+            count += len(w.keep)
+        if bar is not None:
+            bar.update(sum(w.length for w in batch))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    return {"nats": total, "positions": count}
+
+
+def evaluate_bytes(model: torch.nn.Module, text: bytes, vocab, seq_len: int, mode: str = "basic",
+                   patch_size: Optional[int] = None, stride: Optional[int] = None,
+                   batch_size: int = 8, progress: bool = False,
+                   autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+    """Bits per byte of ``model`` over every byte of ``text`` in ``mode``.
+
+    The text is encoded with ``vocab`` (identity for bytes, SentencePiece for the subword model);
+    the divisor is always ``len(text)`` in bytes.
+    """
+    ids = torch.tensor(vocab.encode(text), dtype=torch.long)
+    windows = window_plan_for(mode, len(ids), seq_len, patch_size, stride)
+    out = score_ids(model, ids, windows, batch_size, progress, autocast_dtype)
+    if out["positions"] != len(ids):
+        raise AssertionError(f"scored {out['positions']} positions of {len(ids)}")
+    return {"mode": mode, "bpb": bits_per_byte(out["nats"], len(text)), "bytes": len(text),
+            "tokens": len(ids), "nats": out["nats"],
+            "bytes_per_token": len(text) / max(len(ids), 1)}
+

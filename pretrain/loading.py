@@ -1,0 +1,41 @@
+"""Load a trained model for evaluation or generation from a run directory or checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import torch
+
+from pretrain import checkpoint
+from pretrain.config import Config, config_from_dict
+from pretrain.model import Model, build_model
+from pretrain.trainer import pick_device
+from pretrain.vocab import Vocab, build_vocab
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory, a ``checkpoints`` directory or a checkpoint directory -> checkpoint dir."""
+    path = Path(path)
+    if (path / "state.pt").is_file():
+        return path
+    for candidate in (path / "checkpoints", path):
+        if (candidate / checkpoint.LATEST).is_file():
+            found = checkpoint.latest(candidate)
+            if found is not None:
+                return found
+    raise FileNotFoundError(f"no checkpoint found at {path} (expected a run directory with "
+                            "checkpoints/latest, or a checkpoint directory with state.pt)")
+
+
+def load_for_inference(path: Path, overrides: Sequence[str] = ()) -> Tuple[Config, Model, Vocab]:
+    """(config, model in eval mode on its device, vocabulary) from a checkpoint."""
+    ckpt = resolve_checkpoint(path)
+    state = checkpoint.load(ckpt)
+    cfg = config_from_dict(state["config"], overrides, origin=f"config saved in {ckpt}")
+    vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
+    model = build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id)
+    model.load_state_dict(state["model"])
+    model.to(pick_device(cfg.train.device)).eval()
+    torch.set_grad_enabled(False)
+    return cfg, model, vocab

@@ -1,0 +1,46 @@
+"""AdamW with the paper's settings and the warmup + polynomial-decay schedule."""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from pretrain.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
+    """Decay the weights of linear and conv layers; not embeddings, pads, norms or biases."""
+    decay, no_decay = [], []
+    seen = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            is_matrix = isinstance(module, (nn.Linear, nn.Conv1d)) and name == "weight"
+            (decay if is_matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups` (betas 0.9/0.98 and decay 0.1 by default, as in A.1)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps)
+
+
+def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    """Learning rate for update ``step`` (0-based): linear warmup, then polynomial decay to min_lr."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(max_steps - cfg.warmup_steps, 1)
+    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - progress) ** cfg.decay_power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write ``lr`` into every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

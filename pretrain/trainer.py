@@ -1,0 +1,228 @@
+"""Single-process training: the short loop and the components it calls.
+
+The DeepSpeed engine (multi-process, ZeRO, tensor parallelism) reuses the same pieces: the loss
+(:mod:`pretrain.losses`), the schedule (:mod:`pretrain.optim`), the evaluation
+(:mod:`pretrain.evaluation`) and the batch sampler (:mod:`pretrain.data`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from pretrain import checkpoint
+from pretrain.config import Config, Derived, as_dict, atomic_write_text, save_resolved
+from pretrain.data import WindowSampler, load_corpus
+from pretrain.evaluation import evaluate_bytes
+from pretrain.generation import Sampling, generate
+from pretrain.logging_utils import MetricsWriter, format_metrics, get_logger
+from pretrain.losses import lm_loss
+from pretrain.model import build_model, count_params, flops_per_byte
+from pretrain.optim import build_optimizer, lr_at, set_lr
+from pretrain.vocab import build_vocab
+
+log = get_logger()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+class Trainer:
+    """Builds model, optimizer, data, evaluation and checkpointing from one config."""
+
+    def __init__(self, cfg: Config, derived: Derived) -> None:
+        self.cfg, self.derived = cfg, derived
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = pick_device(cfg.train.device)
+        self.amp = torch.bfloat16 if cfg.train.dtype == "bf16" else None
+        seed_everything(cfg.train.seed)
+        self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
+        self.model = build_model(cfg.model, self.vocab.vocab_size, self.vocab.pad_id,
+                                 self.vocab.bos_id).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        corpus = load_corpus(cfg.data)
+        t0 = time.perf_counter()
+        stream = np.asarray(self.vocab.encode(corpus.train), dtype=np.int32)
+        self.bytes_per_unit = len(corpus.train) / len(stream)  # 1.0 for byte models
+        self.sampler = WindowSampler(stream, cfg.model.seq_len, derived.micro_batch_size,
+                                     cfg.train.seed)
+        self.val_text = corpus.val[:cfg.data.val_bytes]
+        self.n_params = count_params(self.model)
+        self.train_flops_per_byte = flops_per_byte(cfg.model, self.vocab.vocab_size,
+                                                   self.bytes_per_unit, training=True)
+        log.info("corpus %s: %d train docs (%.1f MB), %d val docs; encoded in %.1fs",
+                 corpus.root, corpus.documents[0], len(corpus.train) / 1e6, corpus.documents[1],
+                 time.perf_counter() - t0)
+        log.info("model %s: %.2fM parameters, %.2f MFLOP/byte forward; device %s, %s",
+                 cfg.model.arch, self.n_params / 1e6, self.train_flops_per_byte / 3e6,
+                 self.device, cfg.train.dtype)
+        self.step = 0
+        self.bytes_seen = 0.0
+        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard)
+
+    # ------------------------------------------------------------------ components
+
+    def train_step(self) -> Dict[str, float]:
+        """One optimizer update over ``grad_accum_steps`` micro-batches."""
+        cfg, model = self.cfg, self.model
+        lr = lr_at(self.step, cfg.optim, cfg.train.max_steps)
+        set_lr(self.optimizer, lr)
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.derived.grad_accum_steps
+        loss_sum = 0.0
+        for micro in range(accum):
+            x = self.sampler.batch(self.step, micro).to(self.device)  # (B, T)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                                enabled=self.amp is not None):
+                logits = model(x)  # logits[:, t] predicts x[:, t]
+            loss = lm_loss(logits, x)
+            (loss / accum).backward()
+            loss_sum += loss.item()
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+        self.optimizer.step()
+        self.step += 1
+        units = self.derived.global_batch_units
+        self.bytes_seen += units * self.bytes_per_unit
+        loss = loss_sum / accum
+        return {"loss": loss, "bpb": loss / math.log(2) / self.bytes_per_unit, "lr": lr,
+                "grad_norm": grad_norm}
+
+    def evaluate(self) -> Dict[str, float]:
+        """Validation bits per byte (basic mode) over ``data.val_bytes`` held-out bytes."""
+        patch = self.cfg.model.patch_size if self.cfg.model.arch == "megabyte" else None
+        out = evaluate_bytes(self.model, self.val_text, self.vocab, self.cfg.model.seq_len,
+                             "basic", patch, batch_size=self.derived.micro_batch_size,
+                             autocast_dtype=self.amp)
+        return {"bpb": out["bpb"], "bytes": out["bytes"]}
+
+    def sample(self) -> Optional[str]:
+        """A short generation from the start of the validation text, for the logs."""
+        n = self.cfg.train.sample_bytes
+        if not n:
+            return None
+        head = self.val_text[:min(64, self.cfg.model.seq_len // 2)]
+        prompt = self.vocab.encode(head.decode("utf-8", "ignore").encode("utf-8"))
+        prompt = prompt[:self.cfg.model.seq_len // 2]
+        out = generate(self.model, [prompt], n, Sampling(temperature=0.8, top_k=50),
+                       seed=self.step, banned=[self.vocab.pad_id, self.vocab.bos_id])
+        return self.vocab.decode(prompt + out["outputs"][0]).decode("utf-8", errors="replace")
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, step, RNG, config."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "bytes_seen": self.bytes_seen, "rng": checkpoint.rng_state(),
+                "config": as_dict(self.cfg)}
+
+    def save(self) -> Path:
+        path = checkpoint.save(self.ckpt_dir, self.step, self.state_dict(),
+                               self.cfg.checkpoint.keep_last)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def maybe_resume(self) -> None:
+        """Continue from ``checkpoints/latest`` when resumption is on and one exists."""
+        if not self.cfg.checkpoint.resume:
+            return
+        path = checkpoint.latest(self.ckpt_dir)
+        if path is None:
+            return
+        state = checkpoint.load(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.bytes_seen = state["step"], state["bytes_seen"]
+        checkpoint.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> Dict[str, Any]:
+        """Train to ``train.max_steps`` (or ``train.max_minutes``); return a results dict."""
+        cfg = self.cfg
+        save_resolved(cfg, self.run_dir, self.derived)
+        self.maybe_resume()
+        t_start = time.perf_counter()
+        deadline = t_start + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+        bar = _progress(cfg, self.step)
+        history = []
+        window_t, window_bytes = time.perf_counter(), self.bytes_seen
+        val: Dict[str, float] = {}
+        while self.step < cfg.train.max_steps:
+            stats = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", bpb=f"{stats['bpb']:.3f}")
+            if self.step % cfg.logging.log_interval == 0 or self.step == cfg.train.max_steps:
+                now = time.perf_counter()
+                bps = (self.bytes_seen - window_bytes) / max(now - window_t, 1e-9)
+                window_t, window_bytes = now, self.bytes_seen
+                stats.update(bytes_per_s=bps, model_tflops=bps * self.train_flops_per_byte / 1e12)
+                self.metrics.scalars(self.step, stats, "train/")
+                history.append({"step": self.step, **stats})
+                _say(format_metrics(self.step, cfg.train.max_steps, stats))
+            timed_out = deadline is not None and time.perf_counter() > deadline
+            last = self.step == cfg.train.max_steps or timed_out
+            if last or (cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0):
+                val = self.evaluate()
+                self.metrics.scalars(self.step, val, "val/")
+                _say(f"step {self.step}: validation {val['bpb']:.4f} bits per byte "
+                          f"over {val['bytes']} held-out bytes")
+                sample = self.sample()
+                if sample is not None:
+                    self.metrics.text(self.step, "samples", sample)
+                    _say("sample: " + repr(sample[:200]))
+            if last or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+                self.save()
+            if timed_out:
+                log.info("stopping at step %d: train.max_minutes=%s reached", self.step,
+                         cfg.train.max_minutes)
+                break
+        bar.close()
+        if not val:  # resumed at max_steps: still report a validation number
+            val = self.evaluate()
+        self.metrics.close()
+        result = {"run_dir": str(self.run_dir), "arch": cfg.model.arch, "steps": self.step,
+                  "val_bpb": val["bpb"], "val_bytes": val["bytes"],
+                  "train_loss": history[-1]["loss"] if history else None,
+                  "bytes_seen": self.bytes_seen, "parameters": self.n_params,
+                  "train_flops_per_byte": self.train_flops_per_byte,
+                  "seconds": time.perf_counter() - t_start}
+        atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
+        return result
+
+
+def _say(message: str) -> None:
+    """Print a line to stderr without breaking the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _progress(cfg: Config, start: int):
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.train.max_steps, initial=start, desc="train", unit="step",
+                disable=not cfg.logging.progress_bar, dynamic_ncols=True)

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny model configs, real text from the stdlib, a real SentencePiece model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data_prep.sources import stdlib_dir  # noqa: E402
+from pretrain.config import ModelConfig, StackConfig  # noqa: E402
+
+
+def tiny_model_config(arch: str = "megabyte", **kw) -> ModelConfig:
+    """A model small enough for exhaustive checks (P=4 so several patches fit in 37 bytes)."""
+    base = dict(arch=arch, seq_len=64, patch_size=4, global_model=StackConfig(32, 2, 2),
+                local_model=StackConfig(16, 2, 2), dropout=0.0, init_std=0.2)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def real_text() -> bytes:
+    """About 200 KB of real Python source with non-ASCII bytes in it."""
+    parts = [(stdlib_dir() / name).read_bytes() for name in
+             ("textwrap.py", "argparse.py", "codecs.py", "html/entities.py")]
+    return b"".join(parts)
+
+
+@pytest.fixture(scope="session")
+def sp_model(tmp_path_factory, real_text) -> Path:
+    """A real SentencePiece BPE model trained on stdlib text (byte_fallback, identity norm)."""
+    from data_prep.tokenizer import train_sentencepiece
+
+    prefix = tmp_path_factory.mktemp("sp") / "tok"
+    train_sentencepiece([real_text], prefix, vocab_size=400, model_type="bpe")
+    return Path(f"{prefix}.model")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

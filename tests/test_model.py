@@ -1,0 +1,163 @@
+"""MEGABYTE as the paper defines it, and the baselines: causality, no lag, every byte scored."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.losses import IGNORE, lm_loss, token_nll
+from pretrain.model import Megabyte, TransformerLM, build_model, count_params
+from pretrain.vocab import ByteVocab
+from tests.conftest import ROOT, tiny_model_config
+
+VOCAB = ByteVocab()
+# name -> model config: all three models and both paper options (and both together).
+VARIANTS = {
+    "megabyte": tiny_model_config(),
+    "megabyte_cross_patch": tiny_model_config(cross_patch_window=2),
+    "megabyte_conv": tiny_model_config(conv_encoder=True),
+    "megabyte_both": tiny_model_config(cross_patch_window=4, conv_encoder=True),
+    "transformer_bytes": tiny_model_config("transformer"),
+}
+
+
+def make(cfg, vocab_size: int = VOCAB.vocab_size):
+    torch.manual_seed(0)
+    return build_model(cfg, vocab_size, VOCAB.pad_id, VOCAB.bos_id).eval()
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_shapes_and_any_length(name):
+    model = make(VARIANTS[name])
+    for L in (1, 3, 4, 37, 64):
+        ids = torch.randint(0, 256, (2, L))
+        assert model(ids).shape == (2, L, VOCAB.vocab_size)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("t", [0, 2, 3, 4, 5, 7, 8, 20, 35])  # P=4: before, at, after boundaries
+def test_causality(name, t):
+    """Changing byte t changes no logit at positions <= t (logits[t] predicts byte t)."""
+    model = make(VARIANTS[name])
+    ids = torch.randint(0, 256, (2, 37))
+    changed = ids.clone()
+    changed[:, t] = (changed[:, t] + 1) % 256
+    a, b = model(ids), model(changed)
+    assert torch.equal(a[:, : t + 1], b[:, : t + 1]) or torch.allclose(
+        a[:, : t + 1], b[:, : t + 1], atol=1e-6, rtol=0)
+    # ... and it does change the very next prediction.
+    assert (a[:, t + 1] - b[:, t + 1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n.startswith("megabyte")])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_no_lag_global_context_is_up_to_date(name, k):
+    """The first byte of patch k sees the last byte of patch k-1 (no 1..P lag as in some ports)."""
+    model = make(VARIANTS[name])
+    P = model.P
+    ids = torch.randint(0, 256, (1, 32))
+    changed = ids.clone()
+    changed[0, k * P - 1] = (changed[0, k * P - 1] + 7) % 256
+    diff = (model(ids)[0, k * P] - model(changed)[0, k * P]).abs().max()
+    assert diff > 1e-4
+
+
+def test_megabyte_structure_matches_the_paper():
+    cfg = tiny_model_config()
+    m = make(cfg)
+    P, D = cfg.patch_size, cfg.global_model.dim
+    D_G, D_L = D // P, cfg.local_model.dim
+    assert isinstance(m, Megabyte)
+    assert m.global_embed.weight.shape == (VOCAB.vocab_size, D_G)
+    assert m.global_pos.weight.shape == (cfg.seq_len, D_G)  # one position per byte
+    assert m.global_pad.shape == (P * D_G,)  # trainable pad patch
+    assert m.global_to_local.weight.shape == (D_L, D_G)  # one shared w_GL
+    assert m.local_pad.shape == (D_L,)
+    # Output tied to the local *input* embedding: no separate head parameter.
+    names = [n for n, _ in m.named_parameters()]
+    assert not any("head" in n or "lm_out" in n for n in names)
+    block = m.global_model.blocks[0]
+    # TP-friendly shapes: QKV / fc1 split by output, proj / fc2 by input features.
+    assert block.attn.qkv.weight.shape == (3 * D, D)
+    assert block.attn.proj.weight.shape == (D, D)
+    assert block.mlp.fc1.weight.shape == (cfg.mlp_ratio * D, D)
+    assert block.mlp.fc2.weight.shape == (D, cfg.mlp_ratio * D)
+
+
+def test_tied_output_embedding_is_used():
+    """Perturbing the local input embedding of byte 65 changes the logit of byte 65."""
+    m = make(tiny_model_config())
+    ids = torch.randint(0, 256, (1, 16))
+    before = m(ids)[0, :, 65].clone()
+    with torch.no_grad():
+        # Not a constant shift: the final LayerNorm output sums to zero over features.
+        m.local_embed.weight[65] += torch.randn(m.D_L)
+    assert (m(ids)[0, :, 65] - before).abs().max() > 1e-3
+
+
+def test_paper_init():
+    cfg = tiny_model_config(init_std=0.006)
+    m = make(cfg)
+    for name, p in m.named_parameters():
+        if p.dim() >= 2 or name.endswith("_pad"):
+            assert p.abs().max() <= 2 * 0.006 + 1e-7, name
+    big = make(tiny_model_config(init_std=0.006, global_model=tiny_model_config().global_model))
+    w = big.global_model.blocks[0].mlp.fc1.weight
+    # A N(0, 0.006) truncated at 2 std has std 0.006 * 0.88.
+    assert 0.0045 < w.std().item() < 0.0058
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_byte_value_contributes_to_the_loss(name):
+    """All 256 byte values, NUL included, are targets: none is treated as padding."""
+    model = make(VARIANTS[name])
+    model.train()
+    ids = torch.randperm(256)[:64].view(1, 64)
+    ids[0, 10] = 0  # a NUL byte somewhere in the middle
+    ids = torch.cat([torch.arange(0, 64).view(1, 64), torch.arange(64, 128).view(1, 64),
+                     torch.arange(128, 192).view(1, 64), torch.arange(192, 256).view(1, 64)])
+    logits = model(ids)
+    logits.retain_grad()
+    loss = lm_loss(logits, ids)
+    assert torch.allclose(loss, token_nll(logits, ids).mean())
+    loss.backward()
+    # Every position, including the one whose target is NUL (id 0), gets a gradient.
+    per_position = logits.grad.abs().sum(-1)
+    assert (per_position > 0).all()
+    assert VOCAB.pad_id >= 256 and VOCAB.bos_id >= 256 and VOCAB.eos_id >= 256
+    assert VOCAB.decode(VOCAB.encode(bytes(range(256)))) == bytes(range(256))
+
+
+def test_ignore_index_is_not_a_byte_value():
+    assert IGNORE < 0
+
+
+def test_transformer_baseline_is_shifted_internally():
+    m = make(tiny_model_config("transformer"))
+    assert isinstance(m, TransformerLM)
+    ids = torch.randint(0, 256, (1, 10))
+    # Position 0 is predicted from BOS only, so it ignores every byte of the sequence.
+    a = m(ids)[0, 0]
+    ids[0, 0] = (ids[0, 0] + 1) % 256
+    assert torch.allclose(a, m(ids)[0, 0])
+
+
+def test_count_params_counts_tied_weights_once():
+    m = make(tiny_model_config())
+    assert count_params(m) == sum(p.numel() for p in m.parameters())
+
+
+def test_model_package_has_no_distributed_code():
+    for path in (ROOT / "pretrain" / "model").glob("*.py"):
+        tree = ast.parse(Path(path).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                assert not any("distributed" in n or "deepspeed" in n for n in names), path
+            if isinstance(node, ast.Attribute):
+                assert node.attr != "distributed", path

@@ -1,0 +1,141 @@
+"""Single-process training: learns on real text, resumes exactly, saves what it should."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pretrain.config import CONFIG_DIR, derive, load_config
+from pretrain.optim import lr_at
+from pretrain.trainer import Trainer
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=ENV, text=True,
+                          capture_output=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_trainer(tmp_path, name, *overrides):
+    cfg = load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={tmp_path / name}",
+                                                 "logging.tensorboard=false", *overrides])
+    return Trainer(cfg, derive(cfg))
+
+
+def test_tiny_megabyte_lowers_held_out_loss(tmp_path):
+    trainer = make_trainer(tmp_path, "learn", "train.max_steps=80")
+    before = trainer.evaluate()["bpb"]
+    result = trainer.train()
+    assert before > 7.0  # untrained: about uniform over 256 values (8 bits)
+    assert result["val_bpb"] < before - 2.0, (before, result["val_bpb"])
+
+
+def test_subword_baseline_trains_and_reports_bits_per_byte(tmp_path, sp_model):
+    cfg = load_config(CONFIG_DIR / "debug_subword.yaml", [
+        f"run_dir={tmp_path / 'sub'}", f"model.tokenizer={sp_model}", "train.max_steps=40",
+        "logging.tensorboard=false"])
+    trainer = Trainer(cfg, derive(cfg))
+    assert trainer.bytes_per_unit > 1.5  # subword tokens cover several bytes
+    before = trainer.evaluate()["bpb"]
+    result = trainer.train()
+    assert result["val_bpb"] < before
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    common = ["train.max_steps=8", "checkpoint.interval=4", "checkpoint.keep_last=5",
+              "logging.log_interval=1", "model.dropout=0.1"]  # dropout: RNG state must resume
+    full = make_trainer(tmp_path, "full", *common)
+    full.train()
+    full_hist = json.loads((tmp_path / "full" / "history.json").read_text())
+    # An interrupted run: only the step-4 checkpoint exists when it is restarted.
+    part = tmp_path / "part" / "checkpoints"
+    part.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000004", part / "step_00000004")
+    (part / "latest").write_text("step_00000004\n")
+    resumed = make_trainer(tmp_path, "part", *common)
+    resumed.train()
+    part_hist = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert [h["step"] for h in part_hist] == [5, 6, 7, 8]
+    for a, b in zip(full_hist[4:], part_hist):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
+
+
+def test_schedule_warmup_then_decay():
+    cfg = load_config(CONFIG_DIR / "debug.yaml").optim
+    lrs = [lr_at(s, cfg, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(cfg.lr / cfg.warmup_steps)
+    assert lrs[cfg.warmup_steps - 1] == pytest.approx(cfg.lr)
+    assert all(a >= b for a, b in zip(lrs[cfg.warmup_steps:], lrs[cfg.warmup_steps + 1:]))
+    assert lrs[-1] < cfg.lr * 0.05
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("pretrain.train", "--config", "configs/debug.yaml", f"run_dir={run_dir}",
+                   "train.max_steps=30", "train.sample_bytes=16")
+    return run_dir, proc
+
+
+def test_train_cli_outputs(trained_run):
+    run_dir, proc = trained_run
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 30 and result["val_bpb"] < 8
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "results.json").is_file()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000030"
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/bpb", "train/lr", "train/grad_norm", "val/bpb"} <= tags
+    assert "validation" in proc.stderr
+
+
+def test_train_cli_config_error_is_one_line():
+    proc = run_cli("pretrain.train", "model.seq_len=100", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "model.seq_len" in proc.stderr and proc.stdout == ""
+
+
+def test_generate_cli(trained_run):
+    run_dir, _ = trained_run
+    proc = run_cli("pretrain.generate", "--checkpoint", str(run_dir), "--prompt", "def ",
+                   "--prompt", "import os\n", "--max-new", "20", "--json")
+    out = json.loads(proc.stdout)
+    assert len(out["outputs"]) == 2 and out["bytes"] > 0 and out["bytes_per_s"] > 0
+    text = run_cli("pretrain.generate", "--checkpoint", str(run_dir), "--prompt", "class ",
+                   "--max-new", "10")
+    assert text.stdout.startswith("class ") and "bytes/s" in text.stderr
+
+
+def test_evaluate_cli(trained_run):
+    run_dir, _ = trained_run
+    proc = run_cli("pretrain.evaluate", "--checkpoint", str(run_dir), "--modes",
+                   "basic,sliding,strided,sliding_strided", "--max-bytes", "3000")
+    out = json.loads(proc.stdout)
+    assert set(out["results"]) == {"basic", "sliding", "strided", "sliding_strided"}
+    for r in out["results"].values():
+        assert r["bytes"] == 3000 and 0 < r["bpb"] < 9
+    bad = run_cli("pretrain.evaluate", "--checkpoint", str(run_dir / "nope"), check=False)
+    assert bad.returncode == 2 and "no checkpoint found" in bad.stderr
+
+
+@pytest.mark.parametrize("module", ["pretrain.train", "pretrain.generate", "pretrain.evaluate",
+                                    "data_prep.tokenizer"])
+def test_help(module):
+    proc = run_cli(module, "--help")
+    assert "usage:" in proc.stdout
