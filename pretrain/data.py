@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, Protocol, Tuple
 
 import numpy as np
 import torch
 
 from data_prep.sources import list_files, read_documents, split_of, stdlib_dir, stdlib_files
-from pretrain.config import DataConfig
+from pretrain.config import Config, DataConfig
+from pretrain.vocab import Vocab
 
 
 @dataclass
@@ -55,17 +56,64 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 
 class WindowSampler:
-    """Random windows of ``seq_len`` ids from one stream, deterministic in (seed, step, micro)."""
+    """Random windows of ``seq_len`` ids from one in-memory stream.
 
-    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int) -> None:
+    Implements the batch-source interface every trainer uses: ``next_batch()``,
+    ``state_dict()``, ``load_state_dict()``. Window starts depend only on (seed, draw index,
+    data-parallel rank), so restoring the draw index resumes the exact sequence of batches.
+    """
+
+    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                 dp_rank: int = 0, dp_size: int = 1) -> None:
         if len(stream) < seq_len:
             raise ValueError(f"stream of {len(stream)} ids is shorter than seq_len={seq_len}")
         self.stream = torch.from_numpy(stream.astype(np.int64))
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.draws = 0  # micro-batches handed out so far (per rank)
 
-    def batch(self, step: int, micro: int = 0, rank: int = 0) -> torch.Tensor:
-        """(batch_size, seq_len) ids for this step / micro-batch / data-parallel rank."""
-        rng = np.random.default_rng([self.seed, step, micro, rank])
+    def next_batch(self) -> torch.Tensor:
+        """(batch_size, seq_len) ids for the next micro-batch of this data-parallel rank."""
+        rng = np.random.default_rng([self.seed, self.draws, self.dp_rank])
+        self.draws += 1
         starts = rng.integers(0, len(self.stream) - self.seq_len + 1, size=self.batch_size)
         idx = torch.from_numpy(starts)[:, None] + torch.arange(self.seq_len)[None, :]
         return self.stream[idx]
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"draws": self.draws}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.draws = int(state["draws"])
+
+
+class BatchSource(Protocol):
+    """What a trainer needs from training data (in-memory sampler or shard loader)."""
+
+    def next_batch(self) -> torch.Tensor: ...  # (micro_batch, seq_len) int64 ids
+
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainData:
+    """Training batches, held-out text for validation, and stream statistics."""
+
+    train: BatchSource
+    val_text: bytes
+    bytes_per_unit: float  # bytes per id of the training stream (1.0 for byte models)
+    description: str
+
+
+def build_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: int = 0,
+               dp_size: int = 1) -> TrainData:
+    """The batch source and validation text named by ``cfg.data`` for one data-parallel rank."""
+    corpus = load_corpus(cfg.data)
+    stream = np.asarray(vocab.encode(corpus.train), dtype=np.int32)
+    sampler = WindowSampler(stream, cfg.model.seq_len, micro_batch_size, cfg.train.seed,
+                            dp_rank, dp_size)
+    desc = (f"corpus {corpus.root}: {corpus.documents[0]} train docs "
+            f"({len(corpus.train) / 1e6:.1f} MB), {corpus.documents[1]} val docs")
+    return TrainData(sampler, corpus.val[:cfg.data.val_bytes], len(corpus.train) / len(stream), desc)

@@ -20,7 +20,7 @@ import torch
 
 from pretrain import checkpoint
 from pretrain.config import Config, Derived, as_dict, atomic_write_text, save_resolved
-from pretrain.data import WindowSampler, load_corpus
+from pretrain.data import build_data
 from pretrain.evaluation import evaluate_bytes
 from pretrain.generation import Sampling, generate
 from pretrain.logging_utils import MetricsWriter, format_metrics, get_logger
@@ -62,19 +62,14 @@ class Trainer:
         self.model = build_model(cfg.model, self.vocab.vocab_size, self.vocab.pad_id,
                                  self.vocab.bos_id).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        corpus = load_corpus(cfg.data)
         t0 = time.perf_counter()
-        stream = np.asarray(self.vocab.encode(corpus.train), dtype=np.int32)
-        self.bytes_per_unit = len(corpus.train) / len(stream)  # 1.0 for byte models
-        self.sampler = WindowSampler(stream, cfg.model.seq_len, derived.micro_batch_size,
-                                     cfg.train.seed)
-        self.val_text = corpus.val[:cfg.data.val_bytes]
+        data = build_data(cfg, self.vocab, derived.micro_batch_size)
+        self.train_data, self.val_text = data.train, data.val_text
+        self.bytes_per_unit = data.bytes_per_unit  # 1.0 for byte models
+        log.info("%s; loaded in %.1fs", data.description, time.perf_counter() - t0)
         self.n_params = count_params(self.model)
         self.train_flops_per_byte = flops_per_byte(cfg.model, self.vocab.vocab_size,
                                                    self.bytes_per_unit, training=True)
-        log.info("corpus %s: %d train docs (%.1f MB), %d val docs; encoded in %.1fs",
-                 corpus.root, corpus.documents[0], len(corpus.train) / 1e6, corpus.documents[1],
-                 time.perf_counter() - t0)
         log.info("model %s: %.2fM parameters, %.2f MFLOP/byte forward; device %s, %s",
                  cfg.model.arch, self.n_params / 1e6, self.train_flops_per_byte / 3e6,
                  self.device, cfg.train.dtype)
@@ -93,8 +88,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.derived.grad_accum_steps
         loss_sum = 0.0
-        for micro in range(accum):
-            x = self.sampler.batch(self.step, micro).to(self.device)  # (B, T)
+        for _ in range(accum):
+            x = self.train_data.next_batch().to(self.device)  # (B, T)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                 enabled=self.amp is not None):
                 logits = model(x)  # logits[:, t] predicts x[:, t]
@@ -135,6 +130,7 @@ class Trainer:
         """Everything needed to continue exactly: weights, optimizer, step, RNG, config."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "bytes_seen": self.bytes_seen, "rng": checkpoint.rng_state(),
+                "data": self.train_data.state_dict(),
                 "config": as_dict(self.cfg)}
 
     def save(self) -> Path:
@@ -155,6 +151,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.bytes_seen = state["step"], state["bytes_seen"]
         checkpoint.set_rng_state(state["rng"])
+        self.train_data.load_state_dict(state["data"])
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ the loop
