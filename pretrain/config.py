@@ -144,16 +144,27 @@ class TrainConfig:
     """Validate every this many updates (and at the end); 0 = only at the end."""
     sample_bytes: int = 0
     """If > 0, generate this many bytes at every evaluation and log them."""
+    max_skipped_in_a_row: int = 5
+    """Abort (exit code 3, last good checkpoint kept) after this many non-finite steps in a row."""
+    init_from: Optional[str] = None
+    """Start from the weights of a ``pretrain.export`` safetensors file, at any TP/DP layout
+    (the optimizer starts fresh). Ignored when resuming from a checkpoint."""
 
 
 @dataclass
 class ParallelConfig:
     """Distributed layout (used by the DeepSpeed engine; single-process runs need TP=1)."""
 
+    engine: str = "auto"
+    """``simple`` (single-process PyTorch loop), ``deepspeed`` (ZeRO + TP engine, any number of
+    processes) or ``auto`` (deepspeed when started by torchrun / a launcher, else simple)."""
     tensor_parallel: int = 1
     """TP degree of the global model; must divide its heads and MLP width."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage 0-3."""
+    zero3_persistence_threshold: int = 100_000
+    """ZeRO-3 keeps parameters smaller than this many elements unpartitioned (DeepSpeed's default;
+    0 partitions everything)."""
     checkpoint_global: bool = False
     """Activation checkpointing of the global model's blocks."""
     checkpoint_local: bool = False
@@ -358,6 +369,14 @@ def validate(cfg: Config) -> None:
            f"{p.tensor_parallel} does not divide model.global_model.heads={m.global_model.heads}")
     _check(p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage",
            f"must be 0, 1, 2 or 3, got {p.zero_stage}")
+    _check(p.engine in ("auto", "simple", "deepspeed"), "parallel.engine",
+           f"must be 'auto', 'simple' or 'deepspeed', got {p.engine!r}")
+    _check(p.zero3_persistence_threshold >= 0, "parallel.zero3_persistence_threshold",
+           f"must be >= 0, got {p.zero3_persistence_threshold}")
+    _check(t.max_skipped_in_a_row >= 0, "train.max_skipped_in_a_row",
+           f"must be >= 0, got {t.max_skipped_in_a_row}")
+    if t.init_from:
+        _check(Path(t.init_from).is_file(), "train.init_from", f"file not found: {t.init_from}")
 
     _check(cfg.logging.log_interval > 0, "logging.log_interval",
            f"must be positive, got {cfg.logging.log_interval}")

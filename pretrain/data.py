@@ -73,10 +73,17 @@ class WindowSampler:
         self.draws = 0  # micro-batches handed out so far (per rank)
 
     def next_batch(self) -> torch.Tensor:
-        """(batch_size, seq_len) ids for the next micro-batch of this data-parallel rank."""
-        rng = np.random.default_rng([self.seed, self.draws, self.dp_rank])
+        """(batch_size, seq_len) ids for the next micro-batch of this data-parallel rank.
+
+        Each draw defines a *global* micro-batch of batch_size * dp_size windows and this rank
+        takes its slice, so the global batch does not depend on the data-parallel layout (a
+        DP=2 run sees exactly what a DP=1 run with twice the micro-batch sees).
+        """
+        rng = np.random.default_rng([self.seed, self.draws])
         self.draws += 1
-        starts = rng.integers(0, len(self.stream) - self.seq_len + 1, size=self.batch_size)
+        starts = rng.integers(0, len(self.stream) - self.seq_len + 1,
+                              size=self.batch_size * self.dp_size)
+        starts = starts[self.dp_rank * self.batch_size:(self.dp_rank + 1) * self.batch_size]
         idx = torch.from_numpy(starts)[:, None] + torch.arange(self.seq_len)[None, :]
         return self.stream[idx]
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from pretrain.logging_utils import MetricsWriter, format_metrics, get_logger
 from pretrain.losses import lm_loss
 from pretrain.model import build_model, count_params, flops_per_byte
 from pretrain.optim import build_optimizer, lr_at, set_lr
+from pretrain.perf import device_peak_flops, memory_gb
 from pretrain.vocab import build_vocab
 
 log = get_logger()
@@ -75,6 +77,9 @@ class Trainer:
                  self.device, cfg.train.dtype)
         self.step = 0
         self.bytes_seen = 0.0
+        self.skipped_total = self.skipped_in_a_row = 0
+        self.is_main, self.world_size = True, 1
+        self._nan_injected = False
         self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard)
 
     # ------------------------------------------------------------------ components
@@ -94,10 +99,15 @@ class Trainer:
                                 enabled=self.amp is not None):
                 logits = model(x)  # logits[:, t] predicts x[:, t]
             loss = lm_loss(logits, x)
+            if self.inject_nan_now():
+                loss = loss * float("nan")
             (loss / accum).backward()
             loss_sum += loss.item()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"loss": loss_sum / accum, "grad_norm": grad_norm, "skipped": True}
         self.optimizer.step()
         self.step += 1
         units = self.derived.global_batch_units
@@ -156,59 +166,117 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def inject_nan_now(self) -> bool:
+        """Fault injection for tests: env PRETRAIN_FAULT_NAN_STEP=N poisons update N's loss once."""
+        target = os.environ.get("PRETRAIN_FAULT_NAN_STEP")
+        if target is None or self._nan_injected or int(target) != self.step:
+            return False
+        self._nan_injected = True
+        return True
+
+    def should_stop(self) -> bool:
+        """True when a stop was requested (signals; the distributed engine agrees across ranks)."""
+        return False
+
+    def measure_peak(self) -> float:
+        """Peak FLOP/s of all devices of this run, for MFU."""
+        return device_peak_flops(self.device) * self.world_size
+
     def train(self) -> Dict[str, Any]:
-        """Train to ``train.max_steps`` (or ``train.max_minutes``); return a results dict."""
+        """Train to ``train.max_steps`` (or ``train.max_minutes`` / a stop signal); return results."""
         cfg = self.cfg
-        save_resolved(cfg, self.run_dir, self.derived)
+        if self.is_main:
+            save_resolved(cfg, self.run_dir, self.derived)
         self.maybe_resume()
+        peak = self.measure_peak()
         t_start = time.perf_counter()
         deadline = t_start + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
-        bar = _progress(cfg, self.step)
-        history = []
-        window_t, window_bytes = time.perf_counter(), self.bytes_seen
+        bar = _progress(cfg, self.step, enabled=self.is_main)
+        history: List[Dict[str, Any]] = []
+        window_t, window_bytes, window_steps = time.perf_counter(), self.bytes_seen, 0
         val: Dict[str, float] = {}
+        stop_reason = "max_steps"
         while self.step < cfg.train.max_steps:
             stats = self.train_step()
+            if stats.get("skipped"):
+                self.skipped_total += 1
+                self.skipped_in_a_row += 1
+                self._say(f"step {self.step + 1}: non-finite loss or gradient "
+                          f"({stats['loss']}); update skipped ({self.skipped_in_a_row} in a row, "
+                          f"{self.skipped_total} in total)")
+                self.metrics.scalars(self.step, {"skipped_steps": self.skipped_total}, "train/")
+                if self.skipped_in_a_row > cfg.train.max_skipped_in_a_row:
+                    raise TrainingAborted(
+                        f"{self.skipped_in_a_row} non-finite steps in a row (train."
+                        f"max_skipped_in_a_row={cfg.train.max_skipped_in_a_row}); the last good "
+                        f"checkpoint is left as it was")
+                if self.should_stop():
+                    stop_reason = "signal"
+                    self.save()
+                    break
+                continue
+            self.skipped_in_a_row = 0
+            window_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", bpb=f"{stats['bpb']:.3f}")
             if self.step % cfg.logging.log_interval == 0 or self.step == cfg.train.max_steps:
                 now = time.perf_counter()
                 bps = (self.bytes_seen - window_bytes) / max(now - window_t, 1e-9)
-                window_t, window_bytes = now, self.bytes_seen
-                stats.update(bytes_per_s=bps, model_tflops=bps * self.train_flops_per_byte / 1e12)
+                flops = bps * self.train_flops_per_byte
+                stats.update(bytes_per_s=bps, units_per_s=bps / self.bytes_per_unit,
+                             seconds_per_step=(now - window_t) / max(window_steps, 1),
+                             model_tflops=flops / 1e12, mfu=flops / peak,
+                             memory_gb=memory_gb(self.device))
+                window_t, window_bytes, window_steps = now, self.bytes_seen, 0
                 self.metrics.scalars(self.step, stats, "train/")
                 history.append({"step": self.step, **stats})
-                _say(format_metrics(self.step, cfg.train.max_steps, stats))
+                self._say(format_metrics(self.step, cfg.train.max_steps, stats))
             timed_out = deadline is not None and time.perf_counter() > deadline
             last = self.step == cfg.train.max_steps or timed_out
             if last or (cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0):
                 val = self.evaluate()
                 self.metrics.scalars(self.step, val, "val/")
-                _say(f"step {self.step}: validation {val['bpb']:.4f} bits per byte "
+                self._say(f"step {self.step}: validation {val['bpb']:.4f} bits per byte "
                           f"over {val['bytes']} held-out bytes")
                 sample = self.sample()
                 if sample is not None:
                     self.metrics.text(self.step, "samples", sample)
-                    _say("sample: " + repr(sample[:200]))
-            if last or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+                    self._say("sample: " + repr(sample[:200]))
+            stop = self.should_stop()
+            if last or stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
                 self.save()
+            if stop:
+                stop_reason = "signal"
+                log.info("stopping at step %d: stop signal received; checkpoint saved", self.step)
+                break
             if timed_out:
+                stop_reason = "max_minutes"
                 log.info("stopping at step %d: train.max_minutes=%s reached", self.step,
                          cfg.train.max_minutes)
                 break
         bar.close()
-        if not val:  # resumed at max_steps: still report a validation number
+        if not val:  # resumed at max_steps or stopped early: still report a validation number
             val = self.evaluate()
         self.metrics.close()
         result = {"run_dir": str(self.run_dir), "arch": cfg.model.arch, "steps": self.step,
-                  "val_bpb": val["bpb"], "val_bytes": val["bytes"],
+                  "stop_reason": stop_reason, "val_bpb": val["bpb"], "val_bytes": val["bytes"],
                   "train_loss": history[-1]["loss"] if history else None,
+                  "skipped_steps": self.skipped_total,
                   "bytes_seen": self.bytes_seen, "parameters": self.n_params,
                   "train_flops_per_byte": self.train_flops_per_byte,
-                  "seconds": time.perf_counter() - t_start}
-        atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
-        atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
+                  "world_size": self.world_size, "seconds": time.perf_counter() - t_start}
+        if self.is_main:
+            atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
+            atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
         return result
+
+    def _say(self, message: str) -> None:
+        if self.is_main:
+            _say(message)
+
+
+class TrainingAborted(RuntimeError):
+    """Training cannot continue (e.g. too many non-finite steps in a row)."""
 
 
 def _say(message: str) -> None:
@@ -218,8 +286,9 @@ def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _progress(cfg: Config, start: int):
+def _progress(cfg: Config, start: int, enabled: bool = True):
     from tqdm import tqdm
 
     return tqdm(total=cfg.train.max_steps, initial=start, desc="train", unit="step",
-                disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+                disable=not (cfg.logging.progress_bar and enabled), dynamic_ncols=True,
+                file=sys.stderr)

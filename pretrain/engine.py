@@ -1,0 +1,281 @@
+"""The distributed engine: DeepSpeed ZeRO (stages 0-3) with a tensor-parallel global model.
+
+Same loop as the single-process :class:`~pretrain.trainer.Trainer` (it subclasses it); what
+changes is how the model is built (:func:`pretrain.parallel.build_parallel_model`), how a step is
+taken (``engine.backward`` / ``engine.step``), how checkpoints are written, and that every
+decision that must be collective (skip, stop) is agreed by all ranks.
+
+Checkpoint layout (``<run_dir>/checkpoints``): one directory per step written by DeepSpeed's
+``save_checkpoint`` (model/optimizer shards, ``client_state`` with step, bytes seen, config),
+plus ``rank_XXXXX.pt`` per rank with its RNG states (Python, numpy, torch, the TP tracker) and
+data-loader state. ``latest`` is replaced atomically by rank 0 only after a barrier, i.e. after
+every rank has finished writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pretrain import checkpoint
+from pretrain.config import Config, Derived, atomic_write_text
+from pretrain.data import build_data
+from pretrain.distributed import ParallelGrid, all_ranks_max, init_distributed, mean_over
+from pretrain.logging_utils import MetricsWriter, get_logger
+from pretrain.losses import lm_loss
+from pretrain.model import count_params, flops_per_byte
+from pretrain.optim import lr_at, param_groups
+from pretrain.parallel import build_parallel_model, gather_full_state, rng_tracker
+from pretrain.trainer import Trainer, pick_device, seed_everything
+from pretrain.vocab import build_vocab
+
+log = get_logger()
+# torch's gloo path inside DeepSpeed ZeRO warns on every step; the call is DeepSpeed's, not ours.
+warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*is deprecated")
+
+EXIT_REQUEUE = 75  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue and resume
+EXIT_ABORT = 3  # too many non-finite steps in a row: the last good checkpoint is kept
+
+
+def deepspeed_config(cfg: Config, derived: Derived, device: torch.device) -> Dict[str, Any]:
+    """The DeepSpeed config, generated from the validated config (never written by hand)."""
+    o = cfg.optim
+    zero: Dict[str, Any] = {"stage": cfg.parallel.zero_stage}
+    if cfg.parallel.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = cfg.parallel.zero3_persistence_threshold
+    if device.type == "cpu":
+        zero["overlap_comm"] = False  # gloo: keep communication simple and deterministic
+    return {
+        "train_micro_batch_size_per_gpu": derived.micro_batch_size,
+        "gradient_accumulation_steps": derived.grad_accum_steps,
+        "train_batch_size": derived.micro_batch_size * derived.grad_accum_steps
+        * derived.data_parallel,
+        "gradient_clipping": o.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.dtype == "bf16"},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+            # torch.optim.AdamW on CPU (no compiled ops); DeepSpeed's fused Adam on GPU.
+            "torch_adam": device.type == "cpu", "adam_w_mode": True}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class LossModule(nn.Module):
+    """What DeepSpeed runs: ids (B, T) -> mean next-id cross-entropy (nats)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.model(ids), ids)
+
+
+class DeepSpeedTrainer(Trainer):
+    """ZeRO + TP training on any number of processes (gloo on CPU, nccl on GPU)."""
+
+    def __init__(self, cfg: Config, world_size_hint: Optional[int] = None) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
+        if self.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        init_distributed(self.device.type)
+        self.grid = grid = ParallelGrid(cfg.parallel.tensor_parallel)
+        from pretrain.config import derive
+
+        self.derived = derived = derive(cfg, grid.world_size)
+        self.world_size, self.is_main = grid.world_size, grid.rank == 0
+        if not self.is_main:
+            log.setLevel(logging.WARNING)
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.amp = None  # DeepSpeed casts the model itself when bf16 is on
+        seed_everything(cfg.train.seed)
+        deepspeed.checkpointing.configure(grid, partition_activations=False)
+        self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
+        self.ds_config = deepspeed_config(cfg, derived, self.device)
+        full_state = self._initial_weights()
+        model = build_parallel_model(cfg, self.vocab.vocab_size, self.vocab.pad_id,
+                                     self.vocab.bos_id, grid, self.ds_config,
+                                     full_state.get("model") if full_state else None)
+        # Default RNG stream: same on TP peers; TP stream: seed + 2718 + tp_rank (Megatron's).
+        deepspeed.checkpointing.model_parallel_cuda_manual_seed(cfg.train.seed)
+        o, max_steps = cfg.optim, cfg.train.max_steps
+
+        def schedule(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            return torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: lr_at(s, o, max_steps) / o.lr)
+
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=LossModule(model), model_parameters=param_groups(model, o.weight_decay),
+            config=self.ds_config, mpu=grid, lr_scheduler=schedule)
+        self.model = model
+        data = build_data(cfg, self.vocab, derived.micro_batch_size, grid.dp_rank, grid.dp_size)
+        self.train_data, self.val_text = data.train, data.val_text
+        self.bytes_per_unit = data.bytes_per_unit
+        self.n_params = count_params(model) if cfg.parallel.zero_stage < 3 else sum(
+            p.ds_numel for p in model.parameters())
+        self.train_flops_per_byte = flops_per_byte(cfg.model, self.vocab.vocab_size,
+                                                   self.bytes_per_unit, training=True)
+        log.info("%s | %s | ZeRO-%d, %s, %.2fM parameters per TP rank", data.description, grid,
+                 cfg.parallel.zero_stage, self.device, self.n_params / 1e6)
+        self.step, self.bytes_seen = 0, 0.0
+        self.skipped_total = self.skipped_in_a_row = 0
+        self._nan_injected = False
+        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
+        self._stop_signal: Optional[int] = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    def _initial_weights(self) -> Optional[Dict[str, Any]]:
+        path = self.cfg.train.init_from
+        if not path or checkpoint.latest(self.ckpt_dir) is not None:
+            return None  # a checkpoint to resume from wins over init_from
+        from pretrain.export import read_export
+
+        log.info("initializing from export %s", path)
+        return read_export(Path(path))
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+        log.warning("rank %d: received signal %d; will checkpoint at the next step boundary",
+                    self.grid.rank, signum)
+
+    # ------------------------------------------------------------------ components
+
+    def train_step(self) -> Dict[str, Any]:
+        """One update: ``grad_accum_steps`` micro-batches through engine.backward/step."""
+        accum = self.derived.grad_accum_steps
+        lr = self.engine.get_lr()[0]
+        loss_sum = 0.0
+        self.engine.train()
+        for _ in range(accum):
+            x = self.train_data.next_batch().to(self.device)  # (micro, T)
+            loss = self.engine(x)
+            if self.inject_nan_now():
+                loss = loss * float("nan")
+            self.engine.backward(loss)
+            self.engine.step()  # updates only at the accumulation boundary
+            loss_sum += loss.item()
+        loss = mean_over(loss_sum / accum, self.grid.dp_group, self.grid.dp_size, self.device)
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        applied = self.engine.was_step_applied() and torch.isfinite(torch.tensor(loss)).item()
+        if not all_ranks_max(0.0 if applied else 1.0, self.device) == 0.0:
+            return {"loss": loss, "grad_norm": grad_norm, "skipped": True}
+        self.step += 1
+        self.bytes_seen += self.derived.global_batch_units * self.bytes_per_unit
+        return {"loss": loss, "bpb": loss / 0.6931471805599453 / self.bytes_per_unit, "lr": lr,
+                "grad_norm": grad_norm}
+
+    def should_stop(self) -> bool:
+        """All ranks agree to stop if any rank got SIGTERM/SIGUSR1."""
+        return all_ranks_max(1.0 if self._stop_signal is not None else 0.0, self.device) > 0
+
+    def measure_peak(self) -> float:
+        from pretrain.perf import device_peak_flops
+
+        return device_peak_flops(self.device) * self.world_size
+
+    def sample(self) -> Optional[str]:
+        if not self.cfg.train.sample_bytes:
+            return None
+        if self.cfg.parallel.zero_stage == 3:
+            import deepspeed
+
+            # Decoding calls submodules outside forward(); gather the (TP-local) weights.
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+                return super().sample()
+        return super().sample()
+
+    def save(self) -> Path:
+        """DeepSpeed checkpoint + per-rank RNG/data state; ``latest`` moves after a barrier."""
+        tag = f"step_{self.step:08d}"
+        client = {"step": self.step, "bytes_seen": self.bytes_seen,
+                  "skipped_total": self.skipped_total, "world_size": self.world_size,
+                  "tensor_parallel": self.grid.tp_size, "config": _plain(self.cfg)}
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client,
+                                    save_latest=False)
+        rank_state = {"rng": checkpoint.rng_state(), "tp_rng": rng_tracker().get_states(),
+                      "data": self.train_data.state_dict()}
+        target = self.ckpt_dir / tag / f"rank_{self.grid.rank:05d}.pt"
+        tmp = target.with_suffix(".pt.tmp")
+        torch.save(rank_state, tmp)
+        os.replace(tmp, target)
+        dist.barrier()
+        if self.is_main:
+            atomic_write_text(self.ckpt_dir / checkpoint.LATEST, tag + "\n")
+            kept = sorted(p for p in self.ckpt_dir.iterdir()
+                          if p.is_dir() and p.name.startswith("step_"))
+            for old in kept[:-self.cfg.checkpoint.keep_last]:
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+            log.info("saved checkpoint %s", self.ckpt_dir / tag)
+        dist.barrier()
+        return self.ckpt_dir / tag
+
+    def maybe_resume(self) -> None:
+        if not self.cfg.checkpoint.resume:
+            return
+        pointer = self.ckpt_dir / checkpoint.LATEST
+        if not pointer.is_file():
+            return
+        tag = pointer.read_text().strip()
+        rank_file = self.ckpt_dir / tag / f"rank_{self.grid.rank:05d}.pt"
+        if not rank_file.is_file():
+            raise RuntimeError(f"checkpoint {self.ckpt_dir / tag} was written by a different layout "
+                               f"(no {rank_file.name}); resume with the same number of processes "
+                               "and tensor_parallel, or export it (python -m pretrain.export) and "
+                               "start a new run with train.init_from=...")
+        path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag,
+                                                   load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {self.ckpt_dir / tag}")
+        if client.get("tensor_parallel") != self.grid.tp_size:
+            raise RuntimeError(f"checkpoint {tag} has tensor_parallel={client.get('tensor_parallel')}"
+                               f", this run {self.grid.tp_size}; export and use train.init_from")
+        self.step, self.bytes_seen = client["step"], client["bytes_seen"]
+        self.skipped_total = client.get("skipped_total", 0)
+        state = torch.load(rank_file, map_location="cpu", weights_only=False)
+        checkpoint.set_rng_state(state["rng"])
+        rng_tracker().set_states(state["tp_rng"])
+        self.train_data.load_state_dict(state["data"])
+        log.info("resumed from %s at step %d", self.ckpt_dir / tag, self.step)
+
+    def full_state(self) -> Dict[str, torch.Tensor]:
+        """Full fp32 weights (collective: every rank must call it)."""
+        return gather_full_state(self.model, self.grid, self.cfg.parallel.zero_stage == 3)
+
+
+def _plain(cfg: Config) -> Dict[str, Any]:
+    from pretrain.config import as_dict
+
+    return as_dict(cfg)
+
+
+def run_distributed(cfg: Config) -> Dict[str, Any]:
+    """Build the engine, train, and tear the process group down."""
+    trainer = DeepSpeedTrainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+
