@@ -87,15 +87,32 @@ class DataConfig:
 
     source: str = "stdlib"
     """``stdlib``: Python's standard library source on this machine (always present);
-    ``files``: every file under ``path`` (recursively)."""
+    ``files``: every file under ``path`` (recursively), both read into memory;
+    ``shards``: prepared datasets (``datasets``), streamed by the deterministic shard loader."""
     path: Optional[str] = None
     """Root directory for ``source=files``; defaults to the stdlib directory for ``stdlib``."""
     max_bytes: int = 16_000_000
-    """Cap on corpus bytes read (files taken in sorted order until the cap)."""
+    """Cap on corpus bytes read (files taken in sorted order until the cap); stdlib/files only."""
     val_fraction: float = 0.05
-    """Fraction of documents held out for validation (chosen by a hash of the file path)."""
+    """Fraction of documents held out for validation (chosen by a hash of the file path);
+    stdlib/files only (prepared datasets were split by ``python -m data_prep.bytes``)."""
     val_bytes: int = 65_536
     """How many held-out bytes the periodic validation scores."""
+    datasets: List[str] = field(default_factory=list)
+    """``source=shards``: dataset directories made by ``python -m data_prep.bytes`` (byte models) or
+    ``python -m data_prep.tokenizer --tokens-output`` (subword baseline), mixed by ``weights``."""
+    weights: List[float] = field(default_factory=list)
+    """``source=shards``: sampling weight of each dataset (share of sequences); empty = equal."""
+    lanes: int = 0
+    """``source=shards``: parallel streams the global sequence order is built from; 0 = DP size x
+    max(num_workers, 1) at the first start, then kept in the loader state so a resume at another
+    DP size continues the same global stream. Reading is cheapest when DP x workers divides it."""
+    num_workers: int = 0
+    """``source=shards``: DataLoader worker processes per rank (0 = read in the training process);
+    batches do not depend on it."""
+    skip_bad_shards: bool = False
+    """``source=shards``: on a corrupt or truncated shard, warn, count and replace the rest of the
+    shard by pad ids instead of failing (the failure names the shard and sample)."""
 
 
 @dataclass
@@ -149,6 +166,9 @@ class TrainConfig:
     init_from: Optional[str] = None
     """Start from the weights of a ``pretrain.export`` safetensors file, at any TP/DP layout
     (the optimizer starts fresh). Ignored when resuming from a checkpoint."""
+    init_continue: bool = False
+    """With ``init_from``: also continue the export's step, LR schedule, bytes seen and data
+    position (a reshard to another layout) instead of starting at step 0 (a new run)."""
 
 
 @dataclass
@@ -328,11 +348,22 @@ def validate(cfg: Config) -> None:
     _check(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
 
     d = cfg.data
-    _check(d.source in ("stdlib", "files"), "data.source",
-           f"must be 'stdlib' or 'files', got {d.source!r}")
+    _check(d.source in ("stdlib", "files", "shards"), "data.source",
+           f"must be 'stdlib', 'files' or 'shards', got {d.source!r}")
     if d.source == "files":
         _check(bool(d.path), "data.path", "required when data.source=files")
         _check(Path(str(d.path)).is_dir(), "data.path", f"not a directory: {d.path}")
+    if d.source == "shards":
+        _check(len(d.datasets) > 0, "data.datasets", "required when data.source=shards "
+               "(directories made by python -m data_prep.bytes)")
+        for i, ds in enumerate(d.datasets):
+            _check(Path(str(ds), "manifest.json").is_file(), f"data.datasets[{i}]",
+                   f"no manifest.json in {ds} (prepare it with python -m data_prep.bytes)")
+        _check(not d.weights or len(d.weights) == len(d.datasets), "data.weights",
+               f"{len(d.weights)} weights for {len(d.datasets)} datasets")
+        _check(all(w > 0 for w in d.weights), "data.weights", f"must be positive, got {list(d.weights)}")
+    _check(d.lanes >= 0, "data.lanes", f"must be >= 0, got {d.lanes}")
+    _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _check(d.max_bytes > 0, "data.max_bytes", f"must be positive, got {d.max_bytes}")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction",
            f"must be in (0, 1), got {d.val_fraction}")

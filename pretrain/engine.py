@@ -32,7 +32,7 @@ from pretrain.data import build_data
 from pretrain.distributed import ParallelGrid, all_ranks_max, init_distributed, mean_over
 from pretrain.logging_utils import MetricsWriter, get_logger
 from pretrain.losses import lm_loss
-from pretrain.model import count_params, flops_per_byte
+from pretrain.model import build_model, count_params, flops_per_byte
 from pretrain.optim import lr_at, param_groups
 from pretrain.parallel import build_parallel_model, gather_full_state, rng_tracker
 from pretrain.trainer import Trainer, pick_device, seed_everything
@@ -138,8 +138,11 @@ class DeepSpeedTrainer(Trainer):
         self.step, self.bytes_seen = 0, 0.0
         self.skipped_total = self.skipped_in_a_row = 0
         self._nan_injected = False
+        if full_state and cfg.train.init_continue:
+            self.continue_from_export(full_state["meta"])
         self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
         self._stop_signal: Optional[int] = None
+        self._sampler_model: Optional[nn.Module] = None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
@@ -151,6 +154,15 @@ class DeepSpeedTrainer(Trainer):
 
         log.info("initializing from export %s", path)
         return read_export(Path(path))
+
+    def continue_from_export(self, meta: Dict[str, Any]) -> None:
+        """Take over the export's step, bytes seen and data position; move the LR schedule there."""
+        super().continue_from_export(meta)
+        scheduler = self.engine.lr_scheduler
+        scheduler.last_epoch = self.step - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            scheduler.step()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signum
@@ -194,15 +206,25 @@ class DeepSpeedTrainer(Trainer):
         return device_peak_flops(self.device) * self.world_size
 
     def sample(self) -> Optional[str]:
+        """Generate from a plain single-process copy on rank 0 (decoding calls submodules outside
+        ``forward``, which ZeRO-3's gather hooks do not cover, and needs no collectives)."""
         if not self.cfg.train.sample_bytes:
             return None
-        if self.cfg.parallel.zero_stage == 3:
-            import deepspeed
-
-            # Decoding calls submodules outside forward(); gather the (TP-local) weights.
-            with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
-                return super().sample()
-        return super().sample()
+        weights = gather_full_state(self.model, self.grid, self.cfg.parallel.zero_stage == 3,
+                                    keep=self.is_main)
+        if not self.is_main:
+            return None
+        if self._sampler_model is None:
+            self._sampler_model = build_model(self.cfg.model, self.vocab.vocab_size,
+                                              self.vocab.pad_id, self.vocab.bos_id)
+        plain = self._sampler_model
+        plain.load_state_dict(weights)
+        plain.to(self.device)
+        distributed, self.model = self.model, plain
+        try:
+            return super().sample()
+        finally:
+            self.model = distributed
 
     def save(self) -> Path:
         """DeepSpeed checkpoint + per-rank RNG/data state; ``latest`` moves after a barrier."""

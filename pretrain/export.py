@@ -91,8 +91,9 @@ def export_checkpoint(run_or_ckpt: Path, output: Path) -> Dict[str, Any]:
     if single is None:
         raise FileNotFoundError(f"no checkpoint found at {path}")
     state = checkpoint.load(single)
-    write_export(output, state["model"], state["config"], {"step": state["step"],
-                                                           "source": str(single.parent)})
+    write_export(output, state["model"], state["config"], {
+        "step": state["step"], "bytes_seen": state["bytes_seen"], "data": state.get("data", {}),
+        "source": str(single.parent), "world_size": 1, "tensor_parallel": 1})
     return {"output": str(output), "step": state["step"], "tensors": len(state["model"]),
             "parameters": sum(v.numel() for v in state["model"].values())}
 
@@ -130,7 +131,9 @@ def _export_inside(ckpt_dir: Path, client: Dict[str, Any], output: Path) -> Dict
                                  "zero_stage": cfg.parallel.zero_stage}}
     if trainer.is_main:
         cfg_dict = dict(client["config"])
-        write_export(output, weights, cfg_dict, {"step": trainer.step, **summary["source_layout"]})
+        write_export(output, weights, cfg_dict, {
+            "step": trainer.step, "bytes_seen": trainer.bytes_seen,
+            "data": trainer.train_data.state_dict(), **summary["source_layout"]})
     dist.barrier()
     return summary
 

@@ -19,6 +19,10 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / "state.pt").is_file():
         return path
+    if list(path.glob("rank_*.pt")) or ((path / "checkpoints").is_dir() and not list(
+            (path / "checkpoints").glob("*/state.pt"))):
+        raise FileNotFoundError(f"{path} holds a DeepSpeed (distributed) checkpoint: export it "
+                                "first with python -m pretrain.export --checkpoint ...")
     for candidate in (path / "checkpoints", path):
         if (candidate / checkpoint.LATEST).is_file():
             found = checkpoint.latest(candidate)
@@ -29,9 +33,19 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def load_for_inference(path: Path, overrides: Sequence[str] = ()) -> Tuple[Config, Model, Vocab]:
-    """(config, model in eval mode on its device, vocabulary) from a checkpoint."""
-    ckpt = resolve_checkpoint(path)
-    state = checkpoint.load(ckpt)
+    """(config, model in eval mode on its device, vocabulary) from a single-process checkpoint
+    or a ``pretrain.export`` safetensors file (the way to use a distributed run's weights)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or (path / "export" / "model.safetensors").is_file() and not (
+            path / "checkpoints" / checkpoint.LATEST).is_file():
+        from pretrain.export import read_export
+
+        file = path if path.suffix == ".safetensors" else path / "export" / "model.safetensors"
+        state = read_export(file)
+        ckpt = file
+    else:
+        ckpt = resolve_checkpoint(path)
+        state = checkpoint.load(ckpt)
     cfg = config_from_dict(state["config"], overrides, origin=f"config saved in {ckpt}")
     vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
     model = build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id)

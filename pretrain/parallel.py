@@ -210,17 +210,23 @@ def load_full_state(model: nn.Module, state: Dict[str, Tensor], grid: ParallelGr
                 param.data.copy_(src.to(param.dtype))
 
 
-def gather_full_state(model: nn.Module, grid: ParallelGrid, zero3: bool) -> Dict[str, Tensor]:
-    """Full fp32 weights on every rank: un-partition ZeRO-3, then concatenate TP shards."""
+def gather_full_state(model: nn.Module, grid: ParallelGrid, zero3: bool,
+                      keep: bool = True) -> Dict[str, Tensor]:
+    """Full fp32 weights (collective): un-partition ZeRO-3, then concatenate TP shards.
+
+    Every rank must call it; ranks with ``keep=False`` drop each tensor right away (so only the
+    rank that writes or samples holds the whole model in memory).
+    """
     out: Dict[str, Tensor] = {}
     for name, param in model.named_parameters():
         with _gathered([param], zero3, modifier_rank=None):
-            local = param.data.detach().float().cpu().clone()
+            local = param.data.detach().float().clone()
         if getattr(param, "tensor_model_parallel", False) and grid.tp_size > 1:
             parts = [torch.empty_like(local) for _ in range(grid.tp_size)]
             dist.all_gather(parts, local, group=grid.tp_group)
             local = torch.cat(parts, dim=param.partition_dim)
-        out[name] = local
+        if keep:
+            out[name] = local.cpu()
     return out
 
 

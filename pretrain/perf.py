@@ -36,8 +36,9 @@ def gpu_peak_flops(name: str) -> Optional[float]:
 
 def cpu_matmul_peak(size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Best FLOP/s of a square matmul over a few repeats, with torch's current thread count."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # never touch the global RNG (exact resume)
+    a = torch.randn(size, size, dtype=dtype, generator=gen)
+    b = torch.randn(size, size, dtype=dtype, generator=gen)
     torch.mm(a, b)  # warm up
     best = float("inf")
     for _ in range(repeats):
@@ -58,7 +59,8 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) 
 
 
 def _cuda_probe(device: torch.device) -> float:
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device, generator=gen)
     torch.mm(a, a)
     torch.cuda.synchronize(device)
     t0 = time.perf_counter()

@@ -81,6 +81,14 @@ class Trainer:
         self.is_main, self.world_size = True, 1
         self._nan_injected = False
         self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard)
+        if cfg.train.init_from and checkpoint.latest(self.ckpt_dir) is None:
+            from pretrain.export import read_export
+
+            exported = read_export(Path(cfg.train.init_from))
+            self.model.load_state_dict(exported["model"])
+            log.info("initialized from export %s", cfg.train.init_from)
+            if cfg.train.init_continue:
+                self.continue_from_export(exported["meta"])
 
     # ------------------------------------------------------------------ components
 
@@ -165,6 +173,13 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ the loop
+
+    def continue_from_export(self, meta: Dict[str, Any]) -> None:
+        """Take over an export's step, bytes seen and data position (``train.init_continue``)."""
+        self.step, self.bytes_seen = int(meta["step"]), float(meta.get("bytes_seen", 0.0))
+        if meta.get("data"):
+            self.train_data.load_state_dict(meta["data"])
+        log.info("continuing the exported run at step %d", self.step)
 
     def inject_nan_now(self) -> bool:
         """Fault injection for tests: env PRETRAIN_FAULT_NAN_STEP=N poisons update N's loss once."""
