@@ -283,6 +283,8 @@ class Trainer:
         if self.is_main:
             atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
             atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
+            # One word for launchers: "signal" means "checkpointed, requeue me".
+            atomic_write_text(self.run_dir / "stop_reason", stop_reason + "\n")
         return result
 
     def _say(self, message: str) -> None:
