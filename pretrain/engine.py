@@ -126,6 +126,8 @@ class DeepSpeedTrainer(Trainer):
             model=LossModule(model), model_parameters=param_groups(model, o.weight_decay),
             config=self.ds_config, mpu=grid, lr_scheduler=schedule)
         self.model = model
+        if cfg.parallel.zero_stage == 0:
+            self._guard_stage0_optimizer()
         data = build_data(cfg, self.vocab, derived.micro_batch_size, grid.dp_rank, grid.dp_size)
         self.train_data, self.val_text = data.train, data.val_text
         self.bytes_per_unit = data.bytes_per_unit
@@ -143,6 +145,7 @@ class DeepSpeedTrainer(Trainer):
         self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
         self._stop_signal: Optional[int] = None
         self._sampler_model: Optional[nn.Module] = None
+        self._stage0_applied, self._undo_scheduler = True, 0
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
@@ -158,10 +161,13 @@ class DeepSpeedTrainer(Trainer):
     def continue_from_export(self, meta: Dict[str, Any]) -> None:
         """Take over the export's step, bytes seen and data position; move the LR schedule there."""
         super().continue_from_export(meta)
+        self._rewind_scheduler(self.step)
+
+    def _rewind_scheduler(self, last_epoch: int) -> None:
         scheduler = self.engine.lr_scheduler
-        scheduler.last_epoch = self.step - 1
+        scheduler.last_epoch = last_epoch - 1
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore")
             scheduler.step()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -177,24 +183,66 @@ class DeepSpeedTrainer(Trainer):
         lr = self.engine.get_lr()[0]
         loss_sum = 0.0
         self.engine.train()
-        for _ in range(accum):
+        stage0_norm: Optional[float] = None
+        for micro in range(accum):
             x = self.train_data.next_batch().to(self.device)  # (micro, T)
             loss = self.engine(x)
             if self.inject_nan_now():
                 loss = loss * float("nan")
-            self.engine.backward(loss)
+            self.engine.backward(loss)  # at the boundary this also reduces gradients over DP
+            if micro == accum - 1 and self.cfg.parallel.zero_stage == 0:
+                stage0_norm = self._stage0_grad_norm()
             self.engine.step()  # updates only at the accumulation boundary
             loss_sum += loss.item()
         loss = mean_over(loss_sum / accum, self.grid.dp_group, self.grid.dp_size, self.device)
-        grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        applied = self.engine.was_step_applied() and torch.isfinite(torch.tensor(loss)).item()
+        if stage0_norm is not None:
+            grad_norm = stage0_norm
+            applied = self._stage0_applied
+        else:  # ZeRO 1-3 compute the norm and skip non-finite updates themselves
+            norm = self.engine.get_global_grad_norm()
+            grad_norm = float(norm) if norm is not None else float("nan")
+            applied = self.engine.was_step_applied()
+        applied = applied and bool(torch.isfinite(torch.tensor(loss)))
         if not all_ranks_max(0.0 if applied else 1.0, self.device) == 0.0:
+            if stage0_norm is not None and not self._stage0_applied:
+                self._rewind_scheduler(self._undo_scheduler)  # DeepSpeed stepped it regardless
             return {"loss": loss, "grad_norm": grad_norm, "skipped": True}
         self.step += 1
         self.bytes_seen += self.derived.global_batch_units * self.bytes_per_unit
         return {"loss": loss, "bpb": loss / 0.6931471805599453 / self.bytes_per_unit, "lr": lr,
                 "grad_norm": grad_norm}
+
+    def _stage0_grad_norm(self) -> float:
+        """Without ZeRO DeepSpeed neither reports the norm nor skips non-finite updates: compute
+        the norm (TP shards summed over the TP group, replicated parameters counted once); a
+        non-finite one vetoes the optimizer step (see :meth:`_guard_stage0_optimizer`)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        sharded = sum((p.grad.float().pow(2).sum() for p in params
+                       if getattr(p, "tensor_model_parallel", False)),
+                      torch.zeros((), device=self.device))
+        replicated = sum((p.grad.float().pow(2).sum() for p in params
+                          if not getattr(p, "tensor_model_parallel", False)),
+                         torch.zeros((), device=self.device))
+        if self.grid.tp_size > 1:
+            dist.all_reduce(sharded, group=self.grid.tp_group)
+        norm = float((sharded + replicated).sqrt())
+        self._stage0_applied = all_ranks_max(0.0 if norm == norm and norm != float("inf")
+                                             else 1.0, self.device) == 0.0
+        if not self._stage0_applied:
+            self._undo_scheduler = self.engine.lr_scheduler.last_epoch
+        return norm
+
+    def _guard_stage0_optimizer(self) -> None:
+        """Let :meth:`_stage0_grad_norm` veto the optimizer step (DeepSpeed zeroes grads after)."""
+        optimizer = self.engine.optimizer
+        plain_step = optimizer.step
+
+        def step(*args: Any, **kwargs: Any):
+            if not self._stage0_applied:
+                return None
+            return plain_step(*args, **kwargs)
+
+        optimizer.step = step  # type: ignore[method-assign]
 
     def should_stop(self) -> bool:
         """All ranks agree to stop if any rank got SIGTERM/SIGUSR1."""

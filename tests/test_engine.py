@@ -92,6 +92,24 @@ def test_megabyte_zero3_parity(tmp_path, megabyte_reference, nproc, tp, micro):
     assert_parity(megabyte_reference, history(run))
 
 
+VARIANTS = {  # (processes, TP, micro-batch, extra overrides)
+    "zero0_dp2": (2, 1, 4, ["parallel.zero_stage=0"]),
+    "zero1_dp2": (2, 1, 4, ["parallel.zero_stage=1"]),
+    "zero2_dp2": (2, 1, 4, ["parallel.zero_stage=2"]),
+    "zero3_tp2_activation_checkpointing": (2, 2, 8, ["parallel.checkpoint_global=true",
+                                                     "parallel.checkpoint_local=true"]),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_zero_stages_and_activation_checkpointing_parity(tmp_path, megabyte_reference, name):
+    nproc, tp, micro, extra = VARIANTS[name]
+    run = tmp_path / "run"
+    torchrun(nproc, "--config", "configs/debug.yaml", f"run_dir={run}", *BASE,
+             f"parallel.tensor_parallel={tp}", f"train.micro_batch_size={micro}", *extra)
+    assert_parity(megabyte_reference, history(run))
+
+
 def test_byte_transformer_parity_tp2(tmp_path):
     ref = reference(tmp_path / "ref", "debug_transformer.yaml")
     run = tmp_path / "run"
@@ -203,13 +221,22 @@ def test_export_matches_distributed_model_and_reshards_to_tp1(tmp_path, tp2dp2_r
     assert first["loss"] == pytest.approx(history(run)[-1]["loss"], rel=1e-5)
 
 
-def test_nan_step_is_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("stage", [3, 0])  # ZeRO skips by itself; stage 0 is our own check
+def test_nan_step_is_skipped_and_counted(tmp_path, stage):
     run = tmp_path / "run"
     proc = torchrun(2, "--config", "configs/debug.yaml", f"run_dir={run}", *BASE,
-                    extra_env={"PRETRAIN_FAULT_NAN_STEP": "2"})
+                    f"parallel.zero_stage={stage}", extra_env={"PRETRAIN_FAULT_NAN_STEP": "2"})
     result = json.loads((run / "results.json").read_text())
     assert result["steps"] == STEPS and result["skipped_steps"] == 1
     assert "update skipped" in proc.stderr
+    hist = {h["step"]: h for h in history(run)}
+    # The skipped update did not advance the LR schedule: step 3 runs at the LR step 3 would have.
+    ref_cfg = load_config(CONFIG_DIR / "debug.yaml").optim
+    from pretrain.optim import lr_at
+
+    assert hist[3]["lr"] == pytest.approx(lr_at(2, ref_cfg, STEPS))
+    if stage == 3:
+        return
     # A zero tolerance aborts with exit code 3 and leaves no checkpoint of the bad step.
     bad = tmp_path / "abort"
     proc = torchrun(2, "--config", "configs/debug.yaml", f"run_dir={bad}", *BASE,
