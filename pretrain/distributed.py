@@ -43,6 +43,11 @@ def init_distributed(device_type: str, timeout_minutes: float = 30.0) -> None:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        # The deepspeed launcher sets LOCAL_SIZE, which turns on DeepSpeed's shared-memory
+        # all-reduce on CPU; with it ranks were measured to abort intermittently at exit and to
+        # leave segments in /dev/shm. Training does not need it: keep gloo only.
+        os.environ.pop("LOCAL_SIZE", None)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo",

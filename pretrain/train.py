@@ -35,6 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                "      parallel.tensor_parallel=2 parallel.zero_stage=3   # TP=2 x DP=2, ZeRO-3",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
+    # The deepspeed launcher passes --local_rank; the LOCAL_RANK environment variable is used.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

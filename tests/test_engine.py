@@ -301,3 +301,23 @@ def test_single_process_deepspeed_sigterm_exit_code(tmp_path):
         assert proc.wait(timeout=300) == 75
     assert (run / "checkpoints" / "latest").is_file()
 
+
+
+def test_deepspeed_launcher_runs_the_same_entry_point(tmp_path):
+    run = tmp_path / "run"
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+           str(_free_port()), "--module", "pretrain.train", "--config", "configs/debug.yaml",
+           f"run_dir={run}", *BASE]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run / "results.json").read_text())
+    assert result["world_size"] == 2 and result["steps"] == STEPS
+    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert after <= before, f"left in /dev/shm: {after - before}"
+
+
+def _free_port() -> int:
+    from pretrain.distributed import free_port
+
+    return free_port()
