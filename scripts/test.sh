@@ -6,6 +6,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup_env.sh
 echo "[test] ruff check" >&2
-python -m ruff check pretrain launch data_prep tests
+python -m ruff check pretrain launch data_prep tests bench
 echo "[test] pytest" >&2
 python -m pytest "$@"

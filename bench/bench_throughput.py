@@ -1,0 +1,132 @@
+"""Training throughput vs context length: MEGABYTE vs the byte Transformer at equal parameters.
+
+``python bench/bench_throughput.py [--device cpu|cuda] [--size small] [--contexts 1024,4096,...]``
+
+Every (model, context) point runs in its own subprocess (so a run out of memory or past its time
+budget is reported as such, and the peak memory is that point's own), measuring the median time
+of a full training step (forward, backward, AdamW) on ``--batch-bytes`` bytes. For each context it
+prints bytes/s of both models, their ratio, and the ratio their FLOPs per byte predict; the
+*efficiency* (measured ratio / predicted ratio) is how close MEGABYTE's implementation comes to
+its FLOP advantage (target >= 0.9 at T >= 8K). One JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+from common import (ROOT, block_params, emit, machine, make_model, model_config, params,
+                    peak_memory_gb, table, timed)
+
+import torch  # noqa: E402  (after common, which sets up the import path)
+
+from pretrain.losses import lm_loss  # noqa: E402
+from pretrain.model import flops_per_byte  # noqa: E402
+
+DEFAULT_CONTEXTS = {"cpu": [1024, 4096, 16384, 65536], "cuda": [1024, 4096, 16384, 65536, 262144,
+                                                                 1048576]}
+
+
+def worker(arch: str, size: str, seq_len: int, device_name: str, dtype_name: str,
+           batch_bytes: int, repeats: int, budget: float) -> Dict[str, Any]:
+    device = torch.device(device_name)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    cfg = model_config(arch, size, seq_len)
+    model = make_model(cfg, device, dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = max(1, batch_bytes // seq_len)
+    ids = torch.randint(0, 256, (batch, seq_len), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = lm_loss(model(ids), ids)
+        loss.backward()
+        opt.step()
+
+    t = timed(step, device, warmup=1, repeats=repeats, budget_s=budget)
+    return {"arch": arch, "seq_len": seq_len, "batch": batch, "params": params(model),
+            "block_params": block_params(model),
+            "seconds_per_step": t["seconds"], "repeats": t["repeats"],
+            "bytes_per_s": batch * seq_len / t["seconds"],
+            "train_flops_per_byte": flops_per_byte(cfg, 256, training=True),
+            "peak_memory_gb": peak_memory_gb(device), "status": "ok"}
+
+
+def run_point(args: argparse.Namespace, arch: str, seq_len: int) -> Dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", arch, str(seq_len), "--size", args.size,
+           "--device", args.device, "--dtype", args.dtype, "--batch-bytes", str(args.batch_bytes),
+           "--repeats", str(args.repeats), "--budget", str(args.budget)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True,
+                              timeout=args.budget * 3 + 60)
+    except subprocess.TimeoutExpired:
+        return {"arch": arch, "seq_len": seq_len, "status": "timeout",
+                "note": f"no step finished within {args.budget * 3 + 60:.0f}s"}
+    if proc.returncode != 0:
+        oom = "out of memory" in proc.stderr.lower() or proc.returncode in (-9, 137)
+        return {"arch": arch, "seq_len": seq_len, "status": "oom" if oom else "error",
+                "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
+                "seconds": time.perf_counter() - t0}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="fp32 or bf16 (default: bf16 on GPU, fp32 on CPU)")
+    ap.add_argument("--size", default="small", help="tiny, small or large")
+    ap.add_argument("--contexts", default=None, help="comma-separated context lengths in bytes")
+    ap.add_argument("--batch-bytes", type=int, default=None,
+                    help="bytes per step (default: the largest context)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=60.0, help="seconds per point")
+    ap.add_argument("--fast", action="store_true", help="tiny models, contexts 128 and 512")
+    ap.add_argument("--output", default=None, help="also write the JSON here")
+    ap.add_argument("--worker", nargs=2, metavar=("ARCH", "SEQ_LEN"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    if args.fast:
+        args.size, args.repeats, args.budget = "tiny", 2, 10.0
+        args.contexts = args.contexts or "128,512"
+    contexts: List[int] = ([int(c) for c in args.contexts.split(",")] if args.contexts
+                           else DEFAULT_CONTEXTS[args.device])
+    args.batch_bytes = args.batch_bytes or max(contexts)
+    if args.worker:
+        arch, seq_len = args.worker[0], int(args.worker[1])
+        print(json.dumps(worker(arch, args.size, seq_len, args.device, args.dtype,
+                                args.batch_bytes, args.repeats, args.budget)))
+        return
+    points = []
+    for seq_len in contexts:
+        mb = run_point(args, "megabyte", seq_len)
+        tf = run_point(args, "transformer", seq_len)
+        point: Dict[str, Any] = {"seq_len": seq_len, "megabyte": mb, "transformer": tf}
+        if mb["status"] == "ok" and tf["status"] == "ok":
+            point["measured_ratio"] = mb["bytes_per_s"] / tf["bytes_per_s"]
+            point["flops_ratio"] = tf["train_flops_per_byte"] / mb["train_flops_per_byte"]
+            point["efficiency"] = point["measured_ratio"] / point["flops_ratio"]
+        points.append(point)
+        print(f"T={seq_len}: megabyte {mb.get('bytes_per_s', mb['status'])}, transformer "
+              f"{tf.get('bytes_per_s', tf['status'])}", file=sys.stderr)
+    rows = []
+    for p in points:
+        def cell(r: Dict[str, Any]) -> str:
+            return f"{r['bytes_per_s']:.0f}" if r["status"] == "ok" else r["status"]
+
+        rows.append([p["seq_len"], cell(p["megabyte"]), cell(p["transformer"]),
+                     f"{p['measured_ratio']:.2f}" if "measured_ratio" in p else "-",
+                     f"{p['flops_ratio']:.2f}" if "flops_ratio" in p else "-",
+                     f"{p['efficiency']:.2f}" if "efficiency" in p else "-"])
+    print(table(rows, ["T (bytes)", "MEGABYTE B/s", "Transformer B/s", "measured ratio",
+                       "FLOPs ratio", "efficiency"]), file=sys.stderr)
+    emit({"benchmark": "throughput", "device": args.device, "dtype": args.dtype, "size": args.size,
+          "batch_bytes": args.batch_bytes, "machine": machine(), "points": points}, args.output)
+
+
+if __name__ == "__main__":
+    main()

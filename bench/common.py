@@ -1,0 +1,119 @@
+"""Shared pieces of the benchmark scripts: model pairs, timing, memory, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pretrain.config import ModelConfig, StackConfig  # noqa: E402
+from pretrain.model import build_model, count_params  # noqa: E402
+from pretrain.vocab import ByteVocab  # noqa: E402
+
+VOCAB = ByteVocab()
+
+# Size classes: MEGABYTE and a byte Transformer with about the same number of non-embedding
+# (transformer block) parameters: tiny ~2.0M, small ~15.7M, large ~1.35B (global model 1.0B).
+SIZES: Dict[str, Dict[str, Any]] = {
+    "tiny": {"megabyte": dict(global_model=StackConfig(256, 2, 4), local_model=StackConfig(128, 2, 4)),
+             "transformer": dict(global_model=StackConfig(288, 2, 4))},
+    "small": {"megabyte": dict(global_model=StackConfig(512, 4, 8), local_model=StackConfig(256, 4, 4)),
+              "transformer": dict(global_model=StackConfig(512, 5, 8))},
+    # GPU: a ~1B-parameter global model (the MFU target's size) with a 350M local model.
+    "large": {"megabyte": dict(global_model=StackConfig(2048, 20, 16),
+                               local_model=StackConfig(1536, 12, 12)),
+              "transformer": dict(global_model=StackConfig(2048, 27, 16))},
+}
+
+
+def model_config(arch: str, size: str, seq_len: int, patch: int = 8) -> ModelConfig:
+    """The benchmark model of ``arch`` in size class ``size`` at context ``seq_len``."""
+    return ModelConfig(arch=arch, seq_len=seq_len, patch_size=patch, dropout=0.0,
+                       **SIZES[size][arch])
+
+
+def make_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(cfg, VOCAB.vocab_size, VOCAB.pad_id, VOCAB.bos_id)
+    return model.to(device=device, dtype=dtype)
+
+
+def params(model: torch.nn.Module) -> int:
+    return count_params(model)
+
+
+def block_params(model: torch.nn.Module) -> int:
+    """Parameters of the transformer stacks (embeddings, positions and pads excluded)."""
+    stacks = [model.global_model] + ([model.local_model] if hasattr(model, "local_model") else [])
+    return sum(count_params(s) for s in stacks)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int,
+          budget_s: float) -> Dict[str, Any]:
+    """Median seconds of ``fn`` over up to ``repeats`` calls after ``warmup`` calls, stopping
+    early once ``budget_s`` is spent (at least one timed call is always made)."""
+    t_start = time.perf_counter()
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        dt = time.perf_counter() - t0
+        if i >= warmup or i == warmup + repeats - 1:
+            times.append(dt)
+        if time.perf_counter() - t_start > budget_s:
+            break
+    if not times:
+        times = [dt]
+    times.sort()
+    return {"seconds": times[len(times) // 2], "repeats": len(times)}
+
+
+def peak_memory_gb(device: torch.device) -> Optional[float]:
+    """Peak GPU memory allocated, or the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+
+
+def machine() -> Dict[str, Any]:
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def emit(result: Dict[str, Any], output: Optional[str]) -> None:
+    """Print the JSON on stdout and optionally write it to a file."""
+    text = json.dumps(result, indent=None)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+
+
+def table(rows, headers) -> str:
+    """A small markdown table for stderr."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
