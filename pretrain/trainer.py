@@ -207,7 +207,10 @@ class Trainer:
         t_start = time.perf_counter()
         deadline = t_start + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
         bar = _progress(cfg, self.step, enabled=self.is_main)
-        history: List[Dict[str, Any]] = []
+        # Logged training steps and validations (bits per byte against training FLOPs); a resumed
+        # run keeps the entries of the run it continues.
+        history = self._earlier("history.json")
+        validations = self._earlier("validation.json")
         window_t, window_bytes, window_steps = time.perf_counter(), self.bytes_seen, 0
         val: Dict[str, float] = {}
         stop_reason = "max_steps"
@@ -251,6 +254,9 @@ class Trainer:
             if last or (cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0):
                 val = self.evaluate()
                 self.metrics.scalars(self.step, val, "val/")
+                validations.append({"step": self.step, "val_bpb": val["bpb"],
+                                    "bytes_seen": self.bytes_seen,
+                                    "train_flops": self.bytes_seen * self.train_flops_per_byte})
                 self._say(f"step {self.step}: validation {val['bpb']:.4f} bits per byte "
                           f"over {val['bytes']} held-out bytes")
                 sample = self.sample()
@@ -283,9 +289,20 @@ class Trainer:
         if self.is_main:
             atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
             atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
+            atomic_write_text(self.run_dir / "validation.json", json.dumps(validations) + "\n")
             # One word for launchers: "signal" means "checkpointed, requeue me".
             atomic_write_text(self.run_dir / "stop_reason", stop_reason + "\n")
         return result
+
+    def _earlier(self, name: str) -> List[Dict[str, Any]]:
+        path = self.run_dir / name
+        if self.step == 0 or not path.is_file():
+            return []
+        try:
+            return [h for h in json.loads(path.read_text()) if h["step"] <= self.step]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable %s from the earlier run", path)
+            return []
 
     def _say(self, message: str) -> None:
         if self.is_main:
