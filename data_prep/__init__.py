@@ -1,0 +1,1 @@
+"""Data preparation: corpus sources, byte WebDataset shards, SentencePiece tokenizer and token shards."""

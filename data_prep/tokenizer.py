@@ -1,24 +1,37 @@
-"""Train a SentencePiece model for the subword baseline, losslessly.
+"""SentencePiece for the subword baseline: train a lossless tokenizer, write token shards.
 
-``python -m data_prep.tokenizer --output runs/tokenizer/stdlib [--input DIR] [--vocab-size N]``
+    python -m data_prep.tokenizer --output runs/tokenizer/stdlib --dataset data/stdlib \
+        --vocab-size 8000 --tokens-output data/stdlib-sp8k
+    python -m data_prep.tokenizer --model runs/tokenizer/stdlib.model --dataset data/other \
+        --tokens-output data/other-sp8k
 
-Settings that make encode/decode an exact round trip of UTF-8 text: ``byte_fallback`` (any
-character outside the vocabulary becomes byte pieces), identity normalization, no dummy prefix,
-no whitespace removal. SentencePiece *silently skips* training lines longer than
-``max_sentence_length``; here long lines are split into pieces of at most that many bytes (at
-character boundaries) and counted, never dropped. Training reads a capped, shuffled sample
-(``input_sentence_size``) so memory stays bounded on large corpora.
+Training (``--output PREFIX``) reads the train split of a dataset prepared by
+``python -m data_prep.bytes`` (``--dataset``), or a directory of files (``--input``; default:
+Python's stdlib). Settings that make encode/decode an exact round trip of UTF-8 text:
+``byte_fallback`` (any character outside the vocabulary becomes byte pieces), identity
+normalization, no dummy prefix, no whitespace removal. SentencePiece *silently skips* training
+lines longer than ``max_sentence_length``; here long lines are split into pieces of at most that
+many bytes (at character boundaries) and counted, never dropped. Training reads a capped,
+shuffled sample (``input_sentence_size``) so memory stays bounded on large corpora.
+
+``--tokens-output DIR`` then tokenizes every split of ``--dataset`` into token shards (one per
+source shard; samples hold little-endian piece ids plus the exact byte count of their text)
+with a manifest recording bytes per token per split. Every document is checked to decode back
+to its exact bytes. A document that is not valid UTF-8 is fatal with its shard and id, unless
+``--skip invalid_utf8`` (then warned about and counted). Re-running with the same inputs is a
+no-op. Results are one JSON object on stdout; progress and logs go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 MAX_SENTENCE_BYTES = 4192  # SentencePiece's default max_sentence_length
 
@@ -104,38 +117,271 @@ def train_sentencepiece(documents: Iterable[bytes], output_prefix: Path, vocab_s
     return stats
 
 
+# --------------------------------------------------------------------------------------
+# Token shards
+# --------------------------------------------------------------------------------------
+
+
+class TokenizeError(RuntimeError):
+    """Tokenizing a dataset failed; the message names the shard and document."""
+
+
+_VOCABS: Dict[str, Any] = {}
+
+
+def _vocab(model_path: str) -> Any:
+    from pretrain.vocab import SentencePieceVocab
+
+    if model_path not in _VOCABS:
+        _VOCABS[model_path] = SentencePieceVocab(model_path)
+    return _VOCABS[model_path]
+
+
+def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: int, model_path: str,
+                    dtype: str, max_sample_bytes: int, skip_invalid: bool, samples: int
+                    ) -> Tuple[Optional[Dict[str, Any]], List[str], int]:
+    """Tokenize one byte shard into a token shard of the same name (run in a worker process).
+
+    Returns (shard record or None when no document was left, skipped-document messages, source
+    bytes read).
+    """
+    import numpy as np
+
+    from data_prep.shards import SplitWriter, iter_shard_documents, split_payload
+
+    vocab = _vocab(model_path)
+    np_dtype = np.dtype("<u2") if dtype == "uint16" else np.dtype("<u4")
+    writer = SplitWriter(Path(out_dir), split, target_bytes=1 << 62, kind="tokens", first_index=first_index)
+    skipped: List[str] = []
+    read = 0
+    try:
+        for doc_id, payload, _ in iter_shard_documents(Path(src), "bytes", samples):
+            read += len(payload)
+            try:
+                ids = vocab.encode(payload)
+            except ValueError:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    msg = (f"shard {src}: document {doc_id!r}: not valid UTF-8 at byte {err.start} "
+                           "(the subword baseline needs text)")
+                    if not skip_invalid:
+                        raise TokenizeError(msg + "; pass --skip invalid_utf8 to leave such documents out"
+                                            ) from None
+                    skipped.append(msg)
+                    continue
+                raise
+            if vocab.decode(ids) != payload:
+                raise TokenizeError(f"shard {src}: document {doc_id!r}: tokenization is not lossless "
+                                    f"with {model_path} (was it trained by data_prep.tokenizer?)")
+            data = np.asarray(ids, dtype=np_dtype).tobytes()
+            chunks = split_payload(data, max_sample_bytes, np_dtype.itemsize)
+            for c, part in enumerate(chunks):
+                writer.write_chunk(doc_id, c, len(chunks), part, extra={"doc_bytes": len(payload)},
+                                   tokens=len(part) // np_dtype.itemsize)
+            writer.end_document(doc_bytes=len(payload))
+        records = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    assert len(records) <= 1 and (not records or records[0].name == name), (records, name)
+    return (records[0].as_dict() if records else None), skipped, read
+
+
+def _tokenize_task(args: Tuple) -> Tuple[Optional[Dict[str, Any]], List[str], int]:
+    return _tokenize_shard(*args)
+
+
+def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: int = 1,
+                     skip_invalid_utf8: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Write token shards of every split of the byte dataset ``dataset`` into ``out_dir``."""
+    import hashlib
+    import multiprocessing
+    import time
+
+    from tqdm import tqdm
+
+    from data_prep.shards import (
+        FORMAT,
+        MANIFEST,
+        SHARD_RE,
+        SPLITS,
+        VERSION,
+        read_manifest,
+        remove_stale,
+        sha256_file,
+        write_manifest,
+    )
+    from pretrain.vocab import SentencePieceVocab
+
+    t0 = time.perf_counter()
+    src = read_manifest(dataset)
+    if src["kind"] != "bytes":
+        raise TokenizeError(f"{dataset}: holds {src['kind']} shards; tokenize a byte dataset "
+                            "(python -m data_prep.bytes)")
+    model_path = Path(model_path).resolve()
+    vocab = SentencePieceVocab(model_path)
+    dtype = "uint16" if vocab.vocab_size <= 1 << 16 else "uint32"
+    tok_sha = sha256_file(model_path)
+    max_sample = int(src["options"]["max_sample_bytes"])
+    options = {"skip": ["invalid_utf8"] if skip_invalid_utf8 else [], "dtype": dtype,
+               "max_sample_bytes": max_sample}
+    fp = hashlib.sha256(json.dumps([src["fingerprint"], [r["sha256"] for r in src["shards"]], tok_sha,
+                                    options], sort_keys=True).encode()).hexdigest()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).is_file():
+        try:
+            old = read_manifest(out_dir)
+            present = all((out_dir / r["name"]).is_file()
+                          and (out_dir / r["name"]).stat().st_size == r["file_bytes"] for r in old["shards"])
+            if old.get("fingerprint") == fp and present:
+                return _token_summary(old, out_dir, "unchanged", time.perf_counter() - t0)
+        except ValueError:
+            pass
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    remove_stale(out_dir, keep=tuple(p.name for p in out_dir.iterdir()))
+
+    tasks = []
+    for rec in src["shards"]:
+        m = SHARD_RE.match(rec["name"])
+        assert m is not None
+        tasks.append((str(Path(dataset) / rec["name"]), str(out_dir), rec["name"], rec["split"],
+                      int(m.group(2)), str(model_path), dtype, max_sample, skip_invalid_utf8,
+                      rec["samples"]))
+    bar = tqdm(total=sum(r["bytes"] for r in src["shards"]), unit="B", unit_scale=True, unit_divisor=1024,
+               desc="tokenize", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    records: List[Dict[str, Any]] = []
+    skipped: List[str] = []
+
+    def take(result: Tuple[Optional[Dict[str, Any]], List[str], int]) -> None:
+        rec, skip, read = result
+        if rec is not None:
+            records.append(rec)
+        for msg in skip:
+            if len(skipped) < 20:
+                tqdm.write(f"warning: skipped {msg}", file=sys.stderr)
+            skipped.append(msg)
+        bar.update(read)
+
+    try:
+        if workers <= 1:
+            for t in tasks:
+                take(_tokenize_task(t))
+        else:
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                              else "spawn")
+            with ctx.Pool(workers) as pool:
+                for result in pool.imap(_tokenize_task, tasks):
+                    take(result)
+    finally:
+        bar.close()
+    splits = {}
+    for s in SPLITS:
+        recs = [r for r in records if r["split"] == s]
+        n_bytes, n_tokens = sum(r["bytes"] for r in recs), sum(r["tokens"] for r in recs)
+        splits[s] = {"docs": sum(r["docs"] for r in recs), "bytes": n_bytes, "tokens": n_tokens,
+                     "samples": sum(r["samples"] for r in recs), "shards": len(recs),
+                     "bytes_per_token": round(n_bytes / n_tokens, 6) if n_tokens else None}
+    manifest = {
+        "format": FORMAT, "version": VERSION, "kind": "tokens", "created_by": "data_prep.tokenizer",
+        "fingerprint": fp, "dtype": dtype, "options": options,
+        "tokenizer": {"path": str(model_path), "sha256": tok_sha, "pieces": vocab.sp.get_piece_size(),
+                      "vocab_size": vocab.vocab_size},
+        "source": {"path": str(Path(dataset).resolve()), "fingerprint": src["fingerprint"]},
+        "splits": splits, "shards": records,
+        "bad_input": {"counts": {"invalid_utf8": len(skipped)}, "examples": skipped[:100]},
+    }
+    write_manifest(out_dir, manifest)
+    remove_stale(out_dir, keep=tuple(r["name"] for r in records))
+    return _token_summary(manifest, out_dir, "written", time.perf_counter() - t0)
+
+
+def _token_summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: float) -> Dict[str, Any]:
+    return {"status": status, "output": str(out_dir), "seconds": round(seconds, 3),
+            "splits": {s: {k: v[k] for k in ("docs", "bytes", "tokens", "shards", "bytes_per_token")}
+                       for s, v in manifest["splits"].items()},
+            "bad_input": manifest["bad_input"]["counts"]}
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.tokenizer",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--output", type=Path, required=True,
-                        help="output prefix: writes PREFIX.model, PREFIX.vocab, PREFIX.json")
-    parser.add_argument("--input", type=Path, default=None,
-                        help="directory of text files (default: Python's stdlib .py files)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--output", type=Path,
+                      help="train a tokenizer: writes PREFIX.model, PREFIX.vocab, PREFIX.json")
+    what.add_argument("--model", type=Path, help="use this trained .model instead of training one")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--dataset", type=Path, default=None,
+                     help="a dataset prepared by python -m data_prep.bytes (trains on its train split)")
+    src.add_argument("--input", type=Path, default=None,
+                     help="directory of text files to train on (default: Python's stdlib .py files)")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     parser.add_argument("--max-bytes", type=int, default=20_000_000,
-                        help="read at most this many corpus bytes")
+                        help="read at most this many corpus bytes for training")
     parser.add_argument("--sample-lines", type=int, default=2_000_000,
                         help="train on a random sample of at most this many lines")
+    parser.add_argument("--tokens-output", type=Path, default=None,
+                        help="write token shards of every split of --dataset into this directory")
+    parser.add_argument("--skip", action="append", default=[], choices=["invalid_utf8"],
+                        help="leave out (warn and count) documents that are not valid UTF-8")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="tokenizer processes for --tokens-output (default: min(4, CPUs))")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    from data_prep.shards import ManifestError, ShardError, atomic_write_bytes, iter_documents
     from data_prep.sources import list_files, read_documents, stdlib_dir, stdlib_files
 
+    if args.tokens_output is not None and args.dataset is None:
+        parser.error("--tokens-output needs --dataset")
+    if args.model is not None and args.tokens_output is None:
+        parser.error("--model is only useful with --dataset and --tokens-output")
+    summary: Dict[str, Any] = {}
     try:
-        root = args.input or stdlib_dir()
-        files = list_files(root) if args.input else stdlib_files()
-        docs = (data for _, data in read_documents(root, files, args.max_bytes))
-        stats = train_sentencepiece(docs, args.output, args.vocab_size, args.model_type,
-                                    args.sample_lines)
-    except (OSError, ValueError, RuntimeError) as err:
+        if args.output is not None:
+            if args.dataset is not None:
+                docs: Iterable[bytes] = (data for _, data in iter_documents(args.dataset, "train"))
+                capped = _cap(docs, args.max_bytes)
+                source = str(args.dataset)
+            else:
+                root = args.input or stdlib_dir()
+                files = list_files(root) if args.input else stdlib_files()
+                capped = (data for _, data in read_documents(root, files, args.max_bytes))
+                source = str(root)
+            stats = train_sentencepiece(capped, args.output, args.vocab_size, args.model_type,
+                                        args.sample_lines)
+            model = Path(f"{args.output}.model")
+            summary = {"model": str(model), "trained_on": source, **asdict(stats)}
+            atomic_write_bytes(Path(f"{args.output}.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        else:
+            model = args.model
+            summary = {"model": str(model)}
+        if args.tokens_output is not None:
+            summary["tokens"] = tokenize_dataset(args.dataset, model, args.tokens_output, args.workers,
+                                                 "invalid_utf8" in args.skip, not args.no_progress)
+    except (OSError, ValueError, RuntimeError, ManifestError, ShardError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = {"model": f"{args.output}.model", **asdict(stats)}
-    Path(f"{args.output}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0
+
+
+def _cap(docs: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+    total = 0
+    for d in docs:
+        yield d
+        total += len(d)
+        if total >= max_bytes:
+            return
 
 
 if __name__ == "__main__":

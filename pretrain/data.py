@@ -1,16 +1,21 @@
-"""In-memory training data for single-process runs: a byte (or token) stream and random windows.
+"""Training data: the batch-source interface and the sources behind ``data.source``.
 
-The quick start reads real files (Python's standard library source by default), splits
-documents into train/validation by a hash of their path, and concatenates each split into one
-stream. Batches are windows whose start offsets depend only on (seed, step, micro-batch), so a
-resumed run sees exactly the batches the uninterrupted run would have seen.
+``stdlib`` / ``files`` (the quick start): real files read into memory, split into
+train/validation by a hash of their path, each split concatenated into one stream; batches are
+windows whose start offsets depend only on (seed, step, micro-batch), so a resumed run sees
+exactly the batches the uninterrupted run would have seen.
+
+``shards``: prepared datasets (``python -m data_prep.bytes``, or token shards from
+``python -m data_prep.tokenizer``) streamed by :class:`pretrain.loader.ShardLoader`: documents
+packed into sequences with EOS separators, split by data-parallel rank and DataLoader worker,
+resumable at the exact next sequence (also at another data-parallel size).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +23,9 @@ import torch
 from data_prep.sources import list_files, read_documents, split_of, stdlib_dir, stdlib_files
 from pretrain.config import Config, DataConfig
 from pretrain.vocab import Vocab
+
+if TYPE_CHECKING:
+    from pretrain.loader import Dataset
 
 
 @dataclass
@@ -116,7 +124,13 @@ class TrainData:
 
 def build_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: int = 0,
                dp_size: int = 1) -> TrainData:
-    """The batch source and validation text named by ``cfg.data`` for one data-parallel rank."""
+    """The batch source and validation text named by ``cfg.data`` for one data-parallel rank.
+
+    ``dp_rank``/``dp_size`` are the data-parallel coordinates (tensor-parallel peers pass the same
+    values and get identical batches); environment variables such as RANK are never read.
+    """
+    if cfg.data.source == "shards":
+        return build_shard_data(cfg, vocab, micro_batch_size, dp_rank, dp_size)
     corpus = load_corpus(cfg.data)
     stream = np.asarray(vocab.encode(corpus.train), dtype=np.int32)
     sampler = WindowSampler(stream, cfg.model.seq_len, micro_batch_size, cfg.train.seed,
@@ -124,3 +138,50 @@ def build_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: int = 
     desc = (f"corpus {corpus.root}: {corpus.documents[0]} train docs "
             f"({len(corpus.train) / 1e6:.1f} MB), {corpus.documents[1]} val docs")
     return TrainData(sampler, corpus.val[:cfg.data.val_bytes], len(corpus.train) / len(stream), desc)
+
+
+def open_datasets(cfg: Config, vocab: Vocab) -> List[Dataset]:
+    """The configured datasets, checked against the vocabulary (byte shards for ``bytes``; token
+    shards made with the same tokenizer file for ``sentencepiece``)."""
+    from data_prep.shards import ManifestError, ShardError, sha256_file
+    from pretrain.config import ConfigError
+    from pretrain.loader import open_dataset
+
+    out = []
+    for i, path in enumerate(cfg.data.datasets):
+        key = f"data.datasets[{i}]"
+        try:
+            ds = open_dataset(path)
+        except (ManifestError, ShardError) as err:
+            raise ConfigError(f"config error: {key}: {err}") from None
+        if vocab.kind == "bytes" and ds.kind != "bytes":
+            raise ConfigError(f"config error: {key}: {path} holds {ds.kind} shards but model.vocab=bytes "
+                              "needs byte shards (python -m data_prep.bytes)")
+        if vocab.kind == "sentencepiece":
+            if ds.kind != "tokens":
+                raise ConfigError(
+                    f"config error: {key}: {path} holds byte shards but model.vocab=sentencepiece needs "
+                    f"token shards: python -m data_prep.tokenizer --model {cfg.model.tokenizer} "
+                    f"--dataset {path} --tokens-output DIR")
+            want = ds.manifest["tokenizer"]["sha256"]
+            if sha256_file(Path(str(cfg.model.tokenizer))) != want:
+                raise ConfigError(f"config error: {key}: {path} was tokenized with "
+                                  f"{ds.manifest['tokenizer']['path']}, not with model.tokenizer="
+                                  f"{cfg.model.tokenizer} (sha256 differs)")
+        out.append(ds)
+    return out
+
+
+def build_shard_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: int = 0,
+                     dp_size: int = 1) -> TrainData:
+    """``data.source=shards``: the deterministic, resumable shard loader plus held-out text."""
+    from pretrain.loader import ShardLoader, read_val_text
+
+    d = cfg.data
+    datasets = open_datasets(cfg, vocab)
+    weights = list(d.weights) or [1.0] * len(datasets)
+    loader = ShardLoader(datasets, weights, cfg.model.seq_len, micro_batch_size, cfg.train.seed,
+                         vocab.eos_id, vocab.pad_id, vocab.vocab_size, dp_rank, dp_size, d.lanes,
+                         d.num_workers, d.skip_bad_shards)
+    val = read_val_text(datasets, weights, d.val_bytes, vocab)
+    return TrainData(loader, val, loader.bytes_per_unit, loader.describe())

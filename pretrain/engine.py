@@ -31,7 +31,7 @@ from pretrain.config import Config, Derived, atomic_write_text
 from pretrain.data import build_data
 from pretrain.distributed import ParallelGrid, all_ranks_max, init_distributed, mean_over
 from pretrain.logging_utils import MetricsWriter, get_logger
-from pretrain.losses import lm_loss
+from pretrain.losses import lm_loss, targets_for
 from pretrain.model import build_model, count_params, flops_per_byte
 from pretrain.optim import lr_at, param_groups
 from pretrain.parallel import build_parallel_model, gather_full_state, rng_tracker
@@ -74,12 +74,12 @@ def deepspeed_config(cfg: Config, derived: Derived, device: torch.device) -> Dic
 class LossModule(nn.Module):
     """What DeepSpeed runs: ids (B, T) -> mean next-id cross-entropy (nats)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, pad_id: int) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.pad_id = model, pad_id
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.model(ids), ids)
+        return lm_loss(self.model(ids), targets_for(ids, self.pad_id))
 
 
 class DeepSpeedTrainer(Trainer):
@@ -123,7 +123,7 @@ class DeepSpeedTrainer(Trainer):
                 optimizer, lambda s: lr_at(s, o, max_steps) / o.lr)
 
         self.engine, _, _, _ = deepspeed.initialize(
-            model=LossModule(model), model_parameters=param_groups(model, o.weight_decay),
+            model=LossModule(model, self.vocab.pad_id), model_parameters=param_groups(model, o.weight_decay),
             config=self.ds_config, mpu=grid, lr_scheduler=schedule)
         self.model = model
         if cfg.parallel.zero_stage == 0:

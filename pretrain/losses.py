@@ -16,6 +16,11 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
+def targets_for(ids: Tensor, pad_id: int) -> Tensor:
+    """Training targets: the ids themselves (the models shift internally), pads ignored."""
+    return ids.masked_fill(ids == pad_id, IGNORE)
+
+
 def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-position NLL in nats, (B, L), computed in float32."""
     logp = torch.log_softmax(logits.float(), dim=-1)

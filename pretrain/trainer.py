@@ -25,7 +25,7 @@ from pretrain.data import build_data
 from pretrain.evaluation import evaluate_bytes
 from pretrain.generation import Sampling, generate
 from pretrain.logging_utils import MetricsWriter, format_metrics, get_logger
-from pretrain.losses import lm_loss
+from pretrain.losses import lm_loss, targets_for
 from pretrain.model import build_model, count_params, flops_per_byte
 from pretrain.optim import build_optimizer, lr_at, set_lr
 from pretrain.perf import device_peak_flops, memory_gb
@@ -106,7 +106,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                 enabled=self.amp is not None):
                 logits = model(x)  # logits[:, t] predicts x[:, t]
-            loss = lm_loss(logits, x)
+            loss = lm_loss(logits, targets_for(x, self.vocab.pad_id))
             if self.inject_nan_now():
                 loss = loss * float("nan")
             (loss / accum).backward()

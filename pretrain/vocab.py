@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Sequence, Union
 
 BYTE_VOCAB = 256
+SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace marker
 
 
 class ByteVocab:
@@ -46,17 +47,32 @@ class SentencePieceVocab:
         n = self.sp.get_piece_size()
         self.pad_id, self.bos_id, self.eos_id = n, n + 1, n + 2
         self.vocab_size = n + 3
+        self._space_symbol_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode()]
+        if self.sp.unk_id() in self._space_symbol_ids:
+            raise ValueError(f"{path} has no byte-fallback pieces: train it with byte_fallback=True "
+                             "(python -m data_prep.tokenizer) so that every text round-trips")
 
     def encode(self, data: bytes) -> List[int]:
         """UTF-8 bytes -> piece ids. Encoded line by line (much faster on long texts); with
-        byte_fallback and identity normalization the round trip is lossless."""
+        byte_fallback and identity normalization the round trip is lossless. SentencePiece
+        decodes its whitespace symbol U+2581 as a space, so a literal U+2581 in the text is
+        encoded as its three byte-fallback pieces, which decode back to U+2581."""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"the subword baseline needs valid UTF-8 text: {err}") from None
         ids: List[int] = []
-        for line in text.splitlines(keepends=True):
-            ids.extend(self.sp.encode(line))
+        lines = text.splitlines(keepends=True)
+        if SPACE_SYMBOL not in text:
+            for piece_ids in self.sp.encode(lines):
+                ids.extend(piece_ids)
+            return ids
+        for line in lines:
+            parts = line.split(SPACE_SYMBOL)
+            for i, piece_ids in enumerate(self.sp.encode(parts)):
+                if i:
+                    ids.extend(self._space_symbol_ids)
+                ids.extend(piece_ids)
         return ids
 
     def decode(self, ids: Sequence[int]) -> bytes:

@@ -1,6 +1,6 @@
 """Parity and speed of the distributed engine's layouts, side by side in one run.
 
-``python benchmarks/bench_engine.py [--steps 6] [--config configs/debug.yaml] [--fast]``
+``python bench/bench_engine.py [--steps 6] [--config configs/debug.yaml] [--fast]``
 
 Runs the single-process reference loop, then ZeRO-3 at TP=1 x DP=1, TP=2 x DP=1, TP=1 x DP=2
 and TP=2 x DP=2 (CPU, gloo, torchrun) on the same global batch, and prints per layout the largest

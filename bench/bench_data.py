@@ -1,0 +1,189 @@
+"""Data pipeline throughput, side by side in one run: prep, our loader, stock webdataset.
+
+    python bench/bench_data.py                 # Python's stdlib (~31 MB), seq_len 8192
+    python bench/bench_data.py --input DIR     # any directory of files
+    python bench/bench_data.py --fast          # a few MB, seconds (used by the tests)
+
+Measures, on the same shards:
+
+* prep MB/s: ``data_prep.bytes`` from scratch (input bytes per second, ``--workers`` processes);
+* stock webdataset MB/s: ``webdataset.WebDataset(train shards)`` iterated in this process,
+  summing the payload sizes (raw read rate: no decoding, no tensors);
+* loader MB/s: ``ShardLoader.next_batch()`` over the same train shards in this process
+  (packing documents with EOS ids into (micro_batch, seq_len) int64 tensors, crc32-checked),
+  and the same with ``--workers`` DataLoader workers;
+* a training step's consumption: bytes/s of a MEGABYTE training step (quickstart model on this
+  CPU), to show how far the loader is from being the bottleneck.
+
+The stock and loader reads alternate ``--repeats`` times over warm page cache; each rate is the
+best of its repeats and ``loader_vs_stock`` is their ratio (also the median of per-round
+ratios). One JSON object goes to stdout, a table to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGET_RATIO = 0.8
+
+
+def stock_read(urls: List[str]) -> int:
+    """Stock webdataset: iterate every sample of the shards, count payload bytes."""
+    import webdataset as wds
+
+    n = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        n += len(sample["bin"])
+    return n
+
+
+def loader_read(dataset: Any, seq_len: int, micro_batch: int, workers: int, n_bytes: int) -> float:
+    """Seconds for our loader to deliver about ``n_bytes`` (after one warm-up batch)."""
+    from pretrain.loader import ShardLoader
+
+    loader = ShardLoader([dataset], [1.0], seq_len, micro_batch, seed=1, eos=258, pad=256,
+                         vocab_size=259, num_workers=workers)
+    loader.next_batch()  # start workers / open the first shard
+    batches = max(1, n_bytes // (seq_len * micro_batch))
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        loader.next_batch()
+    dt = time.perf_counter() - t0
+    loader.close()
+    return batches * seq_len * micro_batch * loader.bytes_per_unit / dt
+
+
+def timed(fn: Callable[[], int]) -> float:
+    t0 = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - t0)
+
+
+def train_step_rate(fast: bool) -> Dict[str, Any]:
+    """Bytes per second a single-process training step consumes (MEGABYTE preset, this CPU)."""
+    import torch
+
+    from pretrain.config import CONFIG_DIR, load_config
+    from pretrain.losses import lm_loss
+    from pretrain.model import build_model
+    from pretrain.optim import build_optimizer
+
+    name = "debug.yaml" if fast else "quickstart.yaml"
+    cfg = load_config(CONFIG_DIR / name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 259, 256, 257)
+    opt = build_optimizer(model, cfg.optim)
+    x = torch.randint(0, 256, (cfg.train.micro_batch_size, cfg.model.seq_len))
+    steps, times = 3, []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model(x), x).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times[1:])
+    return {"preset": name, "bytes_per_step": x.numel(), "seconds_per_step": round(sec, 4),
+            "bytes_per_s": round(x.numel() / sec, 1)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", type=Path, default=None, help="corpus directory (default: Python's stdlib)")
+    p.add_argument("--work-dir", type=Path, default=None, help="where to write shards (default: a temp dir)")
+    p.add_argument("--seq-len", type=int, default=8192)
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--shard-bytes", default="4MiB")
+    p.add_argument("--workers", type=int, default=2, help="prep processes and loader DataLoader workers")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--fast", action="store_true", help="a few MB of input, 2 repeats (for tests)")
+    args = p.parse_args(argv)
+
+    from data_prep.bytes import PrepOptions, parse_size, prepare
+    from data_prep.sources import STDLIB_EXCLUDE, stdlib_dir
+    from pretrain.loader import open_dataset
+
+    if args.input is None:
+        inputs, include, exclude, corpus = [stdlib_dir()], ("*.py",), STDLIB_EXCLUDE, "python-stdlib"
+    else:
+        inputs, include, exclude, corpus = [args.input], (), (), str(args.input)
+    max_bytes = 3_000_000 if args.fast else None
+    repeats = 2 if args.fast else args.repeats
+    seq_len = min(args.seq_len, 1024) if args.fast else args.seq_len
+    shard_bytes = parse_size("256KiB" if args.fast else args.shard_bytes)
+    opts = PrepOptions(shard_bytes=shard_bytes, include=include, exclude=exclude, max_bytes=max_bytes,
+                       skip=("empty",))
+
+    work = Path(tempfile.mkdtemp(prefix="bench_data_")) if args.work_dir is None else args.work_dir
+    out_dir = work / "shards"
+    try:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        t0 = time.perf_counter()
+        summary = prepare(inputs, out_dir, opts, workers=args.workers, progress=False)
+        prep_s = time.perf_counter() - t0
+        ds = open_dataset(out_dir)
+        urls = [s.path for s in ds.shards]
+        stock_read(urls)  # warm the page cache
+        stock, ours, ratios = [], [], []
+        for _ in range(repeats):  # alternate, so both see the same machine load
+            s = timed(lambda: stock_read(urls))
+            o = loader_read(ds, seq_len, args.micro_batch, 0, ds.bytes)
+            stock.append(s)
+            ours.append(o)
+            ratios.append(o / s)
+        ours_w = [loader_read(ds, seq_len, args.micro_batch, args.workers, ds.bytes)
+                  for _ in range(max(1, repeats // 2))]
+        step = train_step_rate(args.fast)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    best_stock, best_ours, best_w = max(stock), max(ours), max(ours_w)
+    result = {
+        "corpus": corpus, "input_files": summary["input_files"], "input_bytes": summary["input_bytes"],
+        "train_bytes": ds.bytes, "train_shards": len(ds.shards), "seq_len": seq_len,
+        "micro_batch": args.micro_batch, "workers": args.workers, "repeats": repeats,
+        "prep_seconds": round(prep_s, 3), "prep_mb_per_s": round(summary["input_bytes"] / prep_s / 1e6, 2),
+        "stock_webdataset_mb_per_s": round(best_stock / 1e6, 2),
+        "loader_mb_per_s": round(best_ours / 1e6, 2),
+        "loader_workers_mb_per_s": round(best_w / 1e6, 2),
+        "loader_vs_stock": round(best_ours / best_stock, 3),
+        "loader_vs_stock_median_round": round(statistics.median(ratios), 3),
+        "target_ratio": TARGET_RATIO, "meets_target": best_ours / best_stock >= TARGET_RATIO,
+        "all_rounds_mb_per_s": {"stock": [round(x / 1e6, 1) for x in stock],
+                                "loader": [round(x / 1e6, 1) for x in ours],
+                                "loader_workers": [round(x / 1e6, 1) for x in ours_w]},
+        "train_step": step,
+        "loader_over_train_step": round(best_ours / step["bytes_per_s"], 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_1min": round(os.getloadavg()[0], 2)},
+    }
+    rows = [(f"prep (data_prep.bytes, {args.workers} procs)", result["prep_mb_per_s"]),
+            ("stock webdataset read", result["stock_webdataset_mb_per_s"]),
+            ("loader (in process)", result["loader_mb_per_s"]),
+            (f"loader ({args.workers} workers)", result["loader_workers_mb_per_s"]),
+            ("training step consumes", round(step["bytes_per_s"] / 1e6, 4))]
+    print("\n".join(f"{name:<34} {mbs:>10} MB/s" for name, mbs in rows), file=sys.stderr)
+    print(f"loader / stock = {result['loader_vs_stock']} (target >= {TARGET_RATIO}); "
+          f"loader / training step = {result['loader_over_train_step']}x", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""From a corpus to training-ready data in one command.
+
+    python -m data_prep.prepare --stdlib --skip empty --skip invalid_utf8 --output data/stdlib
+    python -m data_prep.prepare corpus/ --exclude .git --vocab-size 8000 --output data/mine
+
+Runs, each step skipped when its output is already up to date:
+
+1. ``OUTPUT/bytes``: byte WebDataset shards and manifest (``python -m data_prep.bytes``; all of
+   its input and sharding options apply), for MEGABYTE and the byte Transformer;
+2. ``OUTPUT/tokenizer.model``: a lossless SentencePiece model trained on a capped, shuffled
+   sample of the train split (``--vocab-size``, ``--model-type``; ``--vocab-size 0`` skips 2-3);
+3. ``OUTPUT/tokens``: token shards for the subword baseline (bytes per token per split in the
+   manifest; documents that are not UTF-8 need ``--skip invalid_utf8``);
+4. ``OUTPUT/loader_state.json``: the training loader run on the byte shards, its state saved
+   after some batches and a second loader resumed from it, checked to continue exactly.
+
+Train with ``data.source=shards data.datasets=[OUTPUT/bytes]`` (or ``[OUTPUT/tokens]`` with
+``model.vocab=sentencepiece model.tokenizer=OUTPUT/tokenizer.model``). The result is one JSON
+object on stdout; progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from data_prep.bytes import PrepError, add_prep_args, describe, inputs_and_options, prepare
+from data_prep.shards import ManifestError, ShardError, atomic_write_bytes, iter_documents, read_manifest
+
+
+def train_tokenizer(dataset: Path, prefix: Path, vocab_size: int, model_type: str, sample_lines: int
+                    ) -> Dict[str, Any]:
+    """Train ``prefix.model`` on the train split unless one from the same data and options exists."""
+    from dataclasses import asdict
+
+    from data_prep.tokenizer import train_sentencepiece
+
+    want = {"source_fingerprint": read_manifest(dataset)["fingerprint"], "vocab_size": vocab_size,
+            "model_type": model_type, "sample_lines": sample_lines}
+    record = Path(f"{prefix}.json")
+    if record.is_file() and Path(f"{prefix}.model").is_file():
+        old = json.loads(record.read_text())
+        if {k: old.get(k) for k in want} == want:
+            return {**old, "status": "unchanged"}
+    docs = (payload for _, payload in iter_documents(dataset, "train"))
+    stats = train_sentencepiece(docs, prefix, vocab_size, model_type, sample_lines)
+    out = {"model": f"{prefix}.model", **want, **asdict(stats)}
+    atomic_write_bytes(record, (json.dumps(out, indent=2) + "\n").encode())
+    return {**out, "status": "written"}
+
+
+def check_loader(dataset: Path, out: Path, seq_len: int, batches: int = 8, micro_batch: int = 4
+                 ) -> Dict[str, Any]:
+    """Run the loader, save its state half-way, resume a fresh loader from it, compare."""
+    import torch
+
+    from pretrain.loader import ShardLoader, open_dataset
+    from pretrain.vocab import ByteVocab
+
+    v = ByteVocab()
+    ds = open_dataset(dataset)
+
+    def make() -> ShardLoader:
+        return ShardLoader([ds], [1.0], seq_len, micro_batch, seed=0, eos=v.eos_id, pad=v.pad_id,
+                           vocab_size=v.vocab_size)
+
+    full = make()
+    reference = [full.next_batch() for _ in range(batches)]
+    first = make()
+    for _ in range(batches // 2):
+        first.next_batch()
+    state = first.state_dict()
+    resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(state)))  # it survives a JSON round trip too
+    rest = [resumed.next_batch() for _ in range(batches - batches // 2)]
+    exact = all(torch.equal(a, b) for a, b in zip(reference[batches // 2:], rest))
+    result = {"state": state, "resume_exact": exact, "seq_len": seq_len, "micro_batch": micro_batch,
+              "batches": batches}
+    atomic_write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
+    return {"path": str(out), "resume_exact": exact, "global_index": state["global_index"]}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", type=Path, required=True, help="output directory")
+    add_prep_args(p)
+    p.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece vocabulary (0: no tokenizer)")
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    p.add_argument("--sample-lines", type=int, default=2_000_000,
+                   help="train the tokenizer on a random sample of at most this many lines")
+    p.add_argument("--check-seq-len", type=int, default=512, help="sequence length of the loader check")
+    args = p.parse_args(argv)
+    from data_prep.tokenizer import TokenizeError, tokenize_dataset
+
+    out: Dict[str, Any] = {}
+    try:
+        inputs, opts = inputs_and_options(args)
+        args.output.mkdir(parents=True, exist_ok=True)
+        bytes_dir = args.output / "bytes"
+        out["bytes"] = prepare(inputs, bytes_dir, opts, workers=args.workers, progress=not args.no_progress)
+        print(describe(out["bytes"]), file=sys.stderr)
+        if args.vocab_size > 0:
+            prefix = args.output / "tokenizer"
+            out["tokenizer"] = train_tokenizer(bytes_dir, prefix, args.vocab_size, args.model_type,
+                                               args.sample_lines)
+            out["tokens"] = tokenize_dataset(bytes_dir, Path(f"{prefix}.model"), args.output / "tokens",
+                                             args.workers, "invalid_utf8" in opts.skip, not args.no_progress)
+        out["loader_check"] = check_loader(bytes_dir, args.output / "loader_state.json", args.check_seq_len)
+    except (PrepError, TokenizeError, ManifestError, ShardError, OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not out["loader_check"]["resume_exact"]:
+        print("error: the loader did not resume exactly (a bug; please report it)", file=sys.stderr)
+        return 1
+    train = [f"python -m pretrain.train data.source=shards data.datasets=[{args.output / 'bytes'}]"]
+    if args.vocab_size > 0:
+        train.append(f"python -m pretrain.train --config configs/debug_subword.yaml data.source=shards "
+                     f"data.datasets=[{args.output / 'tokens'}] "
+                     f"model.tokenizer={args.output / 'tokenizer.model'}")
+    out["train_with"] = train
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
