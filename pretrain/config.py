@@ -249,8 +249,8 @@ class SlurmConfig:
     ``<run_dir>/launch``."""
     signal_seconds: int = 300
     """Ask for SIGUSR1 this many seconds before the time limit (``--signal=USR1@N``): training
-    checkpoints and the job requeues itself. Leave time for one step plus a checkpoint;
-    0 = no warning signal."""
+    checkpoints and the job requeues itself. Leave time for one step plus a checkpoint (Slurm
+    may signal up to a minute early); 0 = no warning signal."""
     max_requeues: int = 20
     """Most self-requeues of one job after a stop signal; the job then ends (exit 75) and a
     resubmission continues from the checkpoint."""
@@ -357,6 +357,9 @@ def _build(from_file: DictConfig, origin: str, overrides: Sequence[str]) -> Conf
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
             raise _omegaconf_error(err, f"override {item!r}") from None
+        except Exception as err:  # YAML errors in the value (e.g. a NUL byte, a bad flow list)
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"config error: override {item!r} is not valid YAML: {first}") from None
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
@@ -527,12 +530,6 @@ def validate_slurm(cfg: Config) -> None:
     if s.gpus_per_node and s.procs_per_node:
         _check(s.procs_per_node <= s.gpus_per_node, "slurm.procs_per_node",
                f"{s.procs_per_node} processes for {s.gpus_per_node} GPUs per node")
-    if s.gpus_per_node:
-        _check(cfg.train.device != "cpu", "slurm.gpus_per_node",
-               f"{s.gpus_per_node} GPUs per node but train.device=cpu")
-    else:
-        _check(cfg.train.device != "cuda", "train.device",
-               "cuda needs slurm.gpus_per_node > 0 for a Slurm job")
     _check(s.cpus_per_task >= 0, "slurm.cpus_per_task", f"must be >= 0, got {s.cpus_per_task}")
     _check(not s.mem or re.fullmatch(r"\d+[KMGT]?", s.mem) is not None, "slurm.mem",
            f"must be a size like 480G or 0, got {s.mem!r}")

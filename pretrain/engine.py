@@ -40,7 +40,8 @@ from pretrain.vocab import build_vocab
 
 log = get_logger()
 # torch's gloo path inside DeepSpeed ZeRO warns on every step; the call is DeepSpeed's, not ours.
-warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*is deprecated")
+warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*is "
+                                           "deprecated")
 
 EXIT_REQUEUE = 75  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue and resume
 EXIT_ABORT = 3  # too many non-finite steps in a row: the last good checkpoint is kept

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Tuple
 
-import torch
-
 from pretrain import checkpoint
 from pretrain.config import Config, config_from_dict
 from pretrain.model import Model, build_model
@@ -51,5 +49,6 @@ def load_for_inference(path: Path, overrides: Sequence[str] = ()) -> Tuple[Confi
     model = build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id)
     model.load_state_dict(state["model"])
     model.to(pick_device(cfg.train.device)).eval()
-    torch.set_grad_enabled(False)
+    for p in model.parameters():  # inference only (no global grad switch: callers may train)
+        p.requires_grad_(False)
     return cfg, model, vocab

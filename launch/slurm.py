@@ -1,0 +1,390 @@
+"""Submit training to Slurm: ``python -m launch.slurm --config FILE [--dry-run] [key=value ...]``.
+
+Renders an sbatch script from the validated config (its ``slurm`` section gives nodes, GPUs,
+time limit, partition, ...), saves it and the resolved config in ``<run_dir>/launch/``, submits
+it with ``sbatch`` and prints one JSON object (job id, script, log). ``--dry-run`` prints the
+script instead and writes nothing. ``--sweep FILE`` submits a job array of several configs, after
+a data-preparation job when their data is missing (see ``launch/sweep.py``).
+
+The job: one task per node runs torchrun; the nodes meet in a c10d rendezvous on the first node
+of the allocation (``scontrol show hostnames``); a multi-node job whose first node resolves to a
+loopback address fails at once instead of hanging. ``--signal=USR1@slurm.signal_seconds`` asks
+for a warning before the time limit; on it (or ``scancel --signal=USR1 JOB``) training
+checkpoints, the job requeues itself (``scontrol requeue``, at most ``slurm.max_requeues`` times)
+and resumes from ``<run_dir>/checkpoints/latest``. A finished run is never requeued.
+
+Safety: config values reach the script only as shell-quoted words in a block of assignments at
+its top, or as ``#SBATCH`` values that were validated (no newlines) and quoted the way sbatch
+parses them; the script body is static (``launch/sbatch/*.sh``). Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from launch.common import (
+    EXIT_REQUEUE,
+    fail,
+    launch_dir,
+    load_run_config,
+    procs_per_node,
+    save_run_config,
+    world_size,
+)
+from launch.sweep import LoadedRun, PrepareStep, Sweep, load_runs, load_sweep
+from pretrain.config import (
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    SlurmConfig,
+    as_dict,
+    atomic_write_text,
+    load_config,
+)
+
+SCRIPTS = Path(__file__).resolve().parent / "sbatch"
+
+
+# --------------------------------------------------------------------------------------------
+# Quoting
+# --------------------------------------------------------------------------------------------
+
+
+def _no_control(value: str, key: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ConfigError(f"config error: {key}: {value!r} contains a newline or control character "
+                          "and cannot go into a job script directive")
+    return value
+
+
+def directive_value(value: str, key: str) -> str:
+    """A value for an ``#SBATCH`` line: one line, quoted so that sbatch's parser (which honours
+    single and double quotes and backslash escapes) reads it back unchanged."""
+    _no_control(value, key)
+    if "\\" in value:
+        raise ConfigError(f"config error: {key}: {value!r} contains a backslash, which sbatch "
+                          "reads as an escape in #SBATCH lines")
+    return shlex.quote(value)
+
+
+def output_pattern(directory: str, name: str, key: str) -> str:
+    """``--output`` value: literal ``%`` doubled (sbatch expands ``%j``, ``%x``, ...)."""
+    return directive_value(os.path.join(directory.replace("%", "%%"), name), key)
+
+
+def words(values: Sequence[str]) -> str:
+    """A bash array literal body: every element shell-quoted."""
+    return " ".join(shlex.quote(v) for v in values)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def directives(s: SlurmConfig, job_name: str, output: str, *, nodes: int, gpus: bool = True,
+               cpus: Optional[int] = None, array: Optional[str] = None,
+               preemptible: bool = True) -> List[str]:
+    """The ``#SBATCH`` lines; ``output`` is already a quoted directive value."""
+    lines = [f"--job-name={directive_value(job_name, 'slurm.job_name')}",
+             f"--nodes={nodes}", "--ntasks-per-node=1"]
+    cpus = s.cpus_per_task if cpus is None else cpus
+    if cpus:
+        lines.append(f"--cpus-per-task={cpus}")
+    if gpus and s.gpus_per_node:
+        lines.append(f"--gpus-per-node={s.gpus_per_node}")
+    if s.mem:
+        lines.append(f"--mem={s.mem}")
+    if s.time:
+        lines.append(f"--time={s.time}")
+    for key in ("partition", "account", "qos"):
+        if getattr(s, key):
+            lines.append(f"--{key}={getattr(s, key)}")
+    lines += [f"--output={output}", "--open-mode=append"]
+    if preemptible:
+        if s.signal_seconds:
+            lines.append(f"--signal=USR1@{s.signal_seconds}")
+        lines.append("--requeue")
+    if array:
+        lines.append(f"--array={array}")
+    lines += list(s.extra_directives)
+    return ["#SBATCH " + line for line in lines]
+
+
+def environment_values(s: SlurmConfig, python: str) -> List[str]:
+    """Assignments read by ``launch/sbatch/common.sh``."""
+    return [
+        f"WORKDIR={shlex.quote(os.getcwd())}",
+        f"REPO={shlex.quote(str(REPO_ROOT))}",
+        f"PYTHON={shlex.quote(python)}",
+        f"MODULES=({words(s.modules)})",
+        f"ACTIVATE={shlex.quote(s.activate)}",
+        f"ENV_VARS=({words([f'{k}={v}' for k, v in s.env.items()])})",
+    ]
+
+
+def job_python(s: SlurmConfig) -> str:
+    if s.python:
+        return s.python
+    return "python" if s.container_image else sys.executable
+
+
+def _script(shebang: str, sbatch: List[str], about: List[str], values: List[str],
+            bodies: Sequence[str]) -> str:
+    parts = [shebang, *sbatch, "#", *("# " + line if line else "#" for line in about), "",
+             "# ---- values from the validated config (every one shell-quoted) " + "-" * 30,
+             *values, ""]
+    text = "\n".join(parts) + "\n"
+    for body in bodies:
+        text += "\n" + (SCRIPTS / body).read_text()
+    return text
+
+
+def check_devices(cfg: Config) -> None:
+    """GPUs asked from Slurm and the training device must agree (checked at submission only:
+    the same config may well train on the CPU elsewhere)."""
+    gpus, device = cfg.slurm.gpus_per_node, cfg.train.device
+    if gpus and device == "cpu":
+        raise ConfigError(f"config error: slurm.gpus_per_node: {gpus} GPUs per node but "
+                          "train.device=cpu")
+    if not gpus and device == "cuda":
+        raise ConfigError("config error: train.device: cuda needs slurm.gpus_per_node > 0 in a "
+                          "Slurm job")
+
+
+def render_training(runs: Sequence[Config], *, output_dir: str, job_name: str,
+                    max_parallel: int = 0) -> str:
+    """The sbatch script for one run, or a job array of several runs sharing ``runs[0].slurm``."""
+    s = runs[0].slurm
+    nproc = procs_per_node(runs[0])
+    world = 0
+    for cfg in runs:
+        check_devices(cfg)
+        world = world_size(cfg, s.nodes, nproc)
+    array = None
+    if len(runs) > 1:
+        array = f"0-{len(runs) - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    log_name = "slurm-%A_%a.out" if array else "slurm-%j.out"
+    sbatch = directives(s, job_name, output_pattern(output_dir, log_name, "slurm.output_dir"),
+                        nodes=s.nodes, array=array)
+    about = ["MEGABYTE training job rendered by `python -m launch.slurm` (launch/slurm.py).",
+             "Resubmit it as it was with `sbatch <this file>`: training resumes from the run's",
+             "latest checkpoint. Each run trains from <run dir>/launch/config.yaml."]
+    srun_extra: List[str] = []
+    if s.container_image:
+        srun_extra += [f"--container-image={s.container_image}", f"--container-workdir={os.getcwd()}"]
+        if s.container_mounts:
+            srun_extra.append("--container-mounts=" + ",".join(s.container_mounts))
+    values = [
+        f"RUN_DIRS=({words([cfg.run_dir for cfg in runs])})",
+        *environment_values(s, job_python(s)),
+        f"NPROC_PER_NODE={nproc}",
+        f"WORLD_SIZE={world}",
+        f"MAX_REQUEUES={s.max_requeues}",
+        f"MASTER_PORT={s.master_port}",
+        f"SHUTDOWN_SECONDS={max(30, s.signal_seconds)}",
+        f"ALLOW_LOOPBACK_MASTER={int(s.allow_loopback_master)}",
+        f"SRUN_EXTRA=({words(srun_extra)})",
+    ]
+    shebang = "#!/bin/bash -l" if s.modules else "#!/bin/bash"  # login shell: `module` exists
+    return _script(shebang, sbatch, about, values, ["common.sh", "train.sh"])
+
+
+def render_prepare(steps: Sequence[PrepareStep], s: SlurmConfig, *, output_dir: str, job_name: str,
+                   cpus: int) -> str:
+    """The sbatch script of a sweep's data preparation (one node, no GPUs, not requeued)."""
+    sbatch = directives(s, job_name, output_pattern(output_dir, "prepare-%j.out", "sweep output_dir"),
+                        nodes=1, gpus=False, cpus=cpus, preemptible=False)
+    about = ["Data preparation rendered by `python -m launch.slurm --sweep` (launch/slurm.py);",
+             "the sweep's training array waits for it (afterok)."]
+    flat: List[str] = []
+    for step in steps:
+        flat += [str(1 + len(step.args)), step.module, *step.args]
+    values = [*environment_values(s, job_python(s)), f"STEPS=({words(flat)})"]
+    shebang = "#!/bin/bash -l" if s.modules else "#!/bin/bash"
+    return _script(shebang, sbatch, about, values, ["common.sh", "prepare.sh"])
+
+
+# --------------------------------------------------------------------------------------------
+# Planning and submitting
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one invocation submits: an optional preparation job, then the training job."""
+
+    runs: List[LoadedRun]
+    output_dir: str
+    job_name: str
+    script: str
+    prepare: List[PrepareStep] = dataclasses.field(default_factory=list)
+    prepare_script: Optional[str] = None
+
+    @property
+    def script_path(self) -> Path:
+        if len(self.runs) == 1:
+            return launch_dir(self.runs[0].cfg.run_dir) / "job.sbatch"
+        return Path(self.output_dir) / "array.sbatch"
+
+
+def _same_slurm(runs: Sequence[LoadedRun]) -> None:
+    first = as_dict(runs[0].cfg)["slurm"]
+    for run in runs[1:]:
+        other = as_dict(run.cfg)["slurm"]
+        for key in first:
+            if key not in ("job_name", "output_dir") and other[key] != first[key]:
+                raise ConfigError(
+                    f"sweep error: {run.origin}: slurm.{key}={other[key]!r} differs from "
+                    f"{runs[0].origin}'s {first[key]!r}; the tasks of an array share one set of "
+                    "resources")
+
+
+def plan_single(config: Optional[str], overrides: Sequence[str]) -> Plan:
+    cfg = load_run_config(config, overrides)
+    run = LoadedRun(cfg, str(config))
+    output_dir = os.path.abspath(cfg.slurm.output_dir or str(launch_dir(cfg.run_dir)))
+    script = render_training([cfg], output_dir=output_dir, job_name=cfg.slurm.job_name)
+    return Plan([run], output_dir, cfg.slurm.job_name, script)
+
+
+def plan_sweep(path: str, overrides: Sequence[str]) -> Plan:
+    sweep: Sweep = load_sweep(path)
+    runs, pending = load_runs(sweep, overrides)
+    first = runs[0].cfg if runs else None
+    if first is None:  # preparation only: the default config's slurm section, with overrides
+        first = load_config(None, overrides)
+    if len(runs) > 1:
+        _same_slurm(runs)
+    job_name = sweep.job_name or first.slurm.job_name
+    if sweep.output_dir or first.slurm.output_dir:
+        output_dir = os.path.abspath(sweep.output_dir or first.slurm.output_dir)
+    elif runs:
+        output_dir = os.path.join(os.path.commonpath([r.cfg.run_dir for r in runs]), "launch")
+    else:
+        output_dir = os.path.abspath("launch")
+    script = render_training([r.cfg for r in runs], output_dir=output_dir, job_name=job_name,
+                             max_parallel=sweep.max_parallel) if runs else ""
+    prepare_script = None
+    if pending:
+        prepare_script = render_prepare(pending, first.slurm, output_dir=output_dir,
+                                        job_name=job_name + "-prepare", cpus=sweep.prepare_cpus)
+    return Plan(runs, output_dir, job_name, script, pending, prepare_script)
+
+
+def sbatch(script: Path, dependency: Optional[str] = None) -> str:
+    """Submit with sbatch (no shell involved); returns the job id."""
+    cmd = ["sbatch", "--parsable"]
+    if dependency:
+        cmd += [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"]
+    cmd.append(str(script))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise RuntimeError("sbatch not found: is this a Slurm login node? (python -m launch.local "
+                           "runs the same config on this machine)") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"sbatch {script} failed ({proc.returncode}): "
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";", 1)[0]
+
+
+def write_files(plan: Plan) -> None:
+    """Save what the jobs read and what reproduces them: configs, scripts (0755)."""
+    Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
+    for run in plan.runs:
+        save_run_config(run.cfg)
+        if len(plan.runs) > 1:  # each run directory keeps a copy of the array script
+            _write_script(launch_dir(run.cfg.run_dir) / "job.sbatch", plan.script)
+    if plan.runs:
+        _write_script(plan.script_path, plan.script)
+    if plan.prepare_script:
+        _write_script(Path(plan.output_dir) / "prepare.sbatch", plan.prepare_script)
+
+
+def _write_script(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    path.chmod(0o755)
+
+
+def submit(plan: Plan) -> Dict[str, object]:
+    write_files(plan)
+    result: Dict[str, object] = {"job_id": None, "script": None, "log": None,
+                                 "run_dirs": [r.cfg.run_dir for r in plan.runs]}
+    prepare_id = None
+    if plan.prepare_script:
+        prepare_path = Path(plan.output_dir) / "prepare.sbatch"
+        prepare_id = sbatch(prepare_path)
+        result.update(prepare_job_id=prepare_id, prepare_script=str(prepare_path),
+                      prepare_log=os.path.join(plan.output_dir, f"prepare-{prepare_id}.out"))
+        print(f"submitted data preparation as job {prepare_id}", file=sys.stderr)
+    if plan.runs:
+        job_id = sbatch(plan.script_path, dependency=prepare_id)
+        array = len(plan.runs) > 1
+        log = os.path.join(plan.output_dir, f"slurm-{job_id}_%a.out" if array else f"slurm-{job_id}.out")
+        result.update(job_id=job_id, script=str(plan.script_path), log=log,
+                      array_size=len(plan.runs) if array else None)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for i, run in enumerate(plan.runs):
+            record = {"time": stamp, "job_id": f"{job_id}_{i}" if array else job_id,
+                      "script": str(plan.script_path), "log": log.replace("%a", str(i)),
+                      "after": prepare_id}
+            with open(launch_dir(run.cfg.run_dir) / "submissions.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        print(f"submitted {'array ' if array else ''}job {job_id}: {len(plan.runs)} run(s), log "
+              f"{log}", file=sys.stderr)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m launch.slurm", description=__doc__.split("\n\n")[0],
+        epilog="examples:\n"
+               "  python -m launch.slurm --config configs/arxiv_megabyte.yaml slurm.nodes=4 \\\n"
+               "      slurm.gpus_per_node=8 slurm.time=2-00:00:00 slurm.partition=gpu\n"
+               "  python -m launch.slurm --config configs/debug.yaml --dry-run slurm.nodes=2\n"
+               "  python -m launch.slurm --sweep configs/sweeps/debug_matched.yaml\n\n"
+               "exit codes: 0 submitted (or printed); 1 sbatch failed; 2 bad config or sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--config", help="YAML config of the run (default: configs/quickstart.yaml)")
+    what.add_argument("--sweep", help="sweep file: a job array of several configs (launch/sweep.py)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the script(s) on stdout; write and submit nothing")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. slurm.nodes=4 train.max_steps=1000")
+    args = parser.parse_args(argv)
+    try:
+        plan = plan_sweep(args.sweep, args.overrides) if args.sweep else plan_single(
+            args.config, args.overrides)
+    except ConfigError as err:
+        return fail(str(err))
+    if args.dry_run:
+        if plan.prepare_script:
+            sys.stdout.write(plan.prepare_script)
+            sys.stdout.write("\n# ======== training job (after the preparation job above) ========\n")
+        sys.stdout.write(plan.script)
+        return 0
+    try:
+        result = submit(plan)
+    except (RuntimeError, OSError) as err:
+        return fail(str(err), 1)
+    print(json.dumps(result))
+    return 0
+
+
+__all__ = ["EXIT_REQUEUE", "Plan", "directive_value", "main", "plan_single", "plan_sweep",
+           "render_prepare", "render_training", "submit"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""``python -m launch.slurm`` against a real Slurm cluster: slurmctld, two slurmd "nodes" and
+munged on this machine, started by scripts/slurm_cluster.sh for this session and stopped at its
+end (also on failure). Needs root (CI runs as root; the script installs slurm-wlm and munge
+with apt-get when they are missing).
+
+Jobs: a 2-node x 1-process ZeRO-3 run of the tiny MEGABYTE (one world of size 2), the same run
+preempted with ``scancel --signal=USR1`` (checkpoint, requeue, resume, identical result), a
+2-node job that must fail fast on a loopback master address, and a job array of two configs
+after a data-preparation job, with hostile names and paths throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+# Tiny MEGABYTE, 2 nodes x 1 process, ZeRO-3 with every parameter partitioned; single-host cluster.
+TWO_NODE = ["slurm.nodes=2", "slurm.cpus_per_task=1", "slurm.allow_loopback_master=true",
+            "slurm.time=00:10:00", "slurm.signal_seconds=60", "train.max_steps=40",
+            "parallel.zero_stage=3", "parallel.zero3_persistence_threshold=0",
+            "logging.log_interval=5", "checkpoint.keep_last=3"]
+
+
+@dataclass
+class Cluster:
+    dir: Path
+    env: Dict[str, str]
+    start_seconds: float
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60,
+            cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(cmd), env=self.env, cwd=cwd or ROOT, text=True,
+                              capture_output=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def submit(self, *args: str, cwd: Optional[Path] = None) -> dict:
+        proc = self.run(sys.executable, "-m", "launch.slurm", *args, cwd=cwd)
+        return json.loads(proc.stdout)
+
+    def job_states(self, job_id: str) -> List[Dict[str, str]]:
+        """One dict per job (per array task) from ``scontrol show job -o``."""
+        out = self.run("scontrol", "show", "job", "-o", job_id).stdout
+        return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+
+    def wait(self, job_id: str, timeout: float = 240, count: int = 1) -> List[Dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.job_states(job_id)
+            if len(jobs) >= count and all(j.get("JobState") in TERMINAL for j in jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                self.run("scancel", job_id, check=False)
+                raise AssertionError(f"job {job_id} did not finish in {timeout} s: {jobs}")
+            time.sleep(0.5)
+
+
+def _terminal(request) -> None:
+    return request.config.pluginmanager.get_plugin("terminalreporter")
+
+
+@pytest.fixture(scope="session")
+def cluster(request) -> Cluster:
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster needs root (daemons run as root; node names in /etc/hosts)")
+    # munge's socket path must fit in 108 bytes: keep the cluster directory short.
+    cluster_dir = Path(tempfile.mkdtemp(prefix="mbs-", dir="/tmp"))
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(SCRIPT), "start", str(cluster_dir)], text=True,
+                          capture_output=True, timeout=900)
+    seconds = time.monotonic() - t0
+    env = {**os.environ, "SLURM_CONF": str(cluster_dir / "slurm.conf"), "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                  str(ROOT / ".cache" / "torch_extensions"))}
+    try:
+        if proc.returncode != 0:
+            pytest.fail(f"slurm_cluster.sh start failed ({proc.returncode}):\n{proc.stderr}")
+        reporter = _terminal(request)
+        if reporter is not None:
+            reporter.write_line(f"\n[slurm] cluster up in {seconds:.1f} s "
+                                f"({proc.stderr.strip().splitlines()[-1]})")
+        yield Cluster(cluster_dir, env, seconds)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(cluster_dir)], text=True,
+                       capture_output=True, timeout=300)
+        if request.session.testsfailed:
+            print(f"slurm cluster logs kept in {cluster_dir}/log", file=sys.stderr)
+        else:
+            shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+def read_log(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_for_text(path: str | Path, text: str, cluster: Cluster, job_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in read_log(path):
+        states = {j.get("JobState") for j in cluster.job_states(job_id)}
+        if states & TERMINAL or time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never appeared in {path} (job {states}):\n"
+                                 f"{read_log(path)[-4000:]}")
+        time.sleep(0.2)
+
+
+def history(run_dir: Path) -> List[dict]:
+    return json.loads((run_dir / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_node_runs(cluster, tmp_path_factory):
+    """The uninterrupted run and the preempted run of the same config, submitted together (both
+    fit the cluster at once); the second gets SIGUSR1 through Slurm after its 5th step."""
+    base = tmp_path_factory.mktemp("two_node")
+    ref_dir, pre_dir = base / "reference", base / "preempted"
+    t0 = time.monotonic()
+    ref = cluster.submit("--config", "configs/debug.yaml", f"run_dir={ref_dir}", *TWO_NODE)
+    pre = cluster.submit("--config", "configs/debug.yaml", f"run_dir={pre_dir}", *TWO_NODE)
+    wait_for_text(pre["log"], "step 5/40", cluster, pre["job_id"])
+    signalled = time.monotonic() - t0
+    cluster.run("scancel", "--signal=USR1", pre["job_id"])
+    ref_jobs = cluster.wait(ref["job_id"])
+    pre_jobs = cluster.wait(pre["job_id"])
+    print(f"two-node jobs: signal after {signalled:.1f} s, both done after "
+          f"{time.monotonic() - t0:.1f} s")
+    return {"reference": (ref, ref_dir, ref_jobs[0]), "preempted": (pre, pre_dir, pre_jobs[0])}
+
+
+def test_two_node_zero3_job_is_one_world(two_node_runs):
+    submitted, run_dir, job = two_node_runs["reference"]
+    log = read_log(submitted["log"])
+    assert job["JobState"] == "COMPLETED", log[-4000:]
+    assert job["NodeList"] == "node[1-2]" and job["NumNodes"] == "2"
+    # Every process reports its rank: ranks 0 and 1 of one world of size 2, one per node.
+    seen = set(re.findall(r"\[launch\] rank (\d) of 2 on (node\d)", log))
+    assert {rank for rank, _ in seen} == {"0", "1"}, log[-4000:]
+    assert {node for _, node in seen} == {"node1", "node2"}, log[-4000:]
+    assert "2 node(s) x 1 process(es) = world size 2" in log
+    assert "ParallelGrid(rank=0/2, tp=0/1, dp=0/2) | ZeRO-3" in log
+    assert "training finished (max_steps); not requeued" in log
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["steps"], results["world_size"], results["stop_reason"]) == (40, 2, "max_steps")
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_00000040"
+    assert sorted(p.name for p in (ckpts / "step_00000040").glob("rank_*.pt")) == [
+        "rank_00000.pt", "rank_00001.pt"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # Resubmittable as it was: the script and the resolved config are in the run directory.
+    assert (run_dir / "launch" / "job.sbatch").read_text().startswith("#!/bin/bash\n#SBATCH ")
+    assert Path(submitted["script"]) == run_dir / "launch" / "job.sbatch"
+    from pretrain.config import load_config
+
+    assert load_config(run_dir / "launch" / "config.yaml").run_dir == str(run_dir)
+    assert not (run_dir / "launch" / "requeues").exists()
+
+
+def test_preempted_job_checkpoints_requeues_resumes_and_matches(two_node_runs, cluster):
+    submitted, run_dir, job = two_node_runs["preempted"]
+    _, ref_dir, _ = two_node_runs["reference"]
+    log = read_log(submitted["log"])
+    assert job["JobState"] == "COMPLETED", log[-4000:]
+    assert job["Restarts"] == "1", job
+    stopped = re.search(r"stopping at step (\d+): stop signal received; checkpoint saved", log)
+    assert stopped, log[-4000:]
+    step = int(stopped.group(1))
+    assert 5 <= step < 40
+    assert (run_dir / "checkpoints" / f"step_{step:08d}").is_dir()
+    assert "requeueing (requeue 1 of at most 20)" in log
+    assert "Slurm restart count 1" in log  # the log was appended to (--open-mode=append)
+    assert f"resumed from {run_dir}/checkpoints/step_{step:08d} at step {step}" in log
+    assert (run_dir / "launch" / "requeues").read_text() == f"{submitted['job_id']} 1\n"
+    assert log.count("training finished (max_steps); not requeued") == 1
+    # Same final step count and loss as the uninterrupted run (resume is exact).
+    ref, got = json.loads((ref_dir / "results.json").read_text()), json.loads(
+        (run_dir / "results.json").read_text())
+    assert got["steps"] == ref["steps"] == 40
+    assert got["train_loss"] == ref["train_loss"] and got["val_bpb"] == ref["val_bpb"]
+    last, ref_last = history(run_dir)[-1], history(ref_dir)[-1]
+    assert (last["step"], last["loss"], last["grad_norm"]) == (
+        40, ref_last["loss"], ref_last["grad_norm"])
+
+
+def test_multi_node_job_on_a_loopback_master_fails_loudly(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    sub = cluster.submit("--config", "configs/debug.yaml", f"run_dir={run_dir}",
+                         *[o for o in TWO_NODE if not o.startswith("slurm.allow_loopback")])
+    (job,) = cluster.wait(sub["job_id"], timeout=60)
+    log = read_log(sub["log"])
+    assert job["JobState"] == "FAILED" and job["ExitCode"] == "1:0", (job, log)
+    assert "the first node node1 resolves to the loopback address 127.0.0.1 in a 2-node job" in log
+    assert "torchrun" not in log  # failed before starting anything
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_time_limit_warning_checkpoints_and_the_requeue_cap_holds(cluster, tmp_path):
+    """``--signal=USR1@25`` with a one-minute limit: Slurm warns the job, training checkpoints;
+    with ``slurm.max_requeues=0`` the job ends with 75 instead of requeueing (and never hits the
+    time limit). slurmctld checks time limits every 30 s and sends the warning at the first
+    check within warning + 30 s of the end: here 5-35 s after the start. That may be before
+    training has started, which the job handles (the signal is kept until it can be caught);
+    only a warning due before the job step exists at all (its first second) would be lost."""
+    run_dir = tmp_path / "run"
+    sub = cluster.submit("--config", "configs/debug.yaml", f"run_dir={run_dir}", "slurm.cpus_per_task=1",
+                         "slurm.time=1", "slurm.signal_seconds=25", "slurm.max_requeues=0",
+                         "train.max_steps=100000", "logging.log_interval=100")
+    assert "#SBATCH --signal=USR1@25\n" in Path(sub["script"]).read_text()
+    (job,) = cluster.wait(sub["job_id"], timeout=120)
+    log = read_log(sub["log"])
+    assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("FAILED", "75:0", "0"), log[-3000:]
+    assert "SIGUSR1; asking the training processes to checkpoint and stop" in log
+    assert "not requeueing: this job has been requeued 0 time(s), slurm.max_requeues=0" in log
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["stop_reason"] == "signal" and 0 < results["steps"] < 100000
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step_{results['steps']:08d}"
+
+
+def test_failed_preparation_cancels_the_array(cluster, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""runs:
+  - config: {ROOT / 'configs' / 'debug.yaml'}
+    overrides: [run_dir={tmp_path / 'a'}]
+  - config: {ROOT / 'configs' / 'debug.yaml'}
+    overrides: [run_dir={tmp_path / 'b'}]
+prepare:
+  - module: launch.no_such_module
+    creates: {tmp_path / 'never'}
+""")
+    sub = cluster.submit("--sweep", str(sweep), "slurm.cpus_per_task=1")
+    (prep,) = cluster.wait(sub["prepare_job_id"], timeout=60)
+    assert prep["JobState"] == "FAILED"
+    assert "preparation step 'python -m launch.no_such_module' failed" in read_log(sub["prepare_log"])
+    tasks = cluster.wait(sub["job_id"], timeout=60)
+    assert {t["JobState"] for t in tasks} == {"CANCELLED"}, tasks
+    assert not (tmp_path / "a" / "stop_reason").exists()
+
+
+MARK = "PWNED"
+HOSTILE = f"a b $(touch {MARK}_1) `touch {MARK}_2` 'q' \"dq\" ;touch {MARK}_3 #"
+
+
+def test_job_array_of_two_configs_after_data_preparation(cluster, tmp_path):
+    """MEGABYTE and the subword Transformer as a 2-task array; the subword run's tokenizer is
+    trained first by a preparation job the array depends on. Job name, run directories, the
+    submission directory and an environment value are hostile: nothing of them may execute."""
+    work = tmp_path / f"work $(touch {MARK}_w) 'x'"
+    work.mkdir()
+    root = tmp_path / f"sweep {HOSTILE}"
+    tok = root / "tokenizer"
+    base = "\n".join(f"  - {json.dumps(o)}" for o in [
+        "train.max_steps=12", "logging.log_interval=4", "train.micro_batch_size=4",
+        "slurm.cpus_per_task=1", "slurm.time=00:10:00", "slurm.signal_seconds=60",
+        "slurm.env.OMP_NUM_THREADS=1"])
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""job_name: {json.dumps(HOSTILE)}
+overrides:
+{base}
+runs:
+  - config: {json.dumps(str(ROOT / 'configs' / 'debug.yaml'))}
+    overrides: []
+  - config: {json.dumps(str(ROOT / 'configs' / 'debug_subword.yaml'))}
+    overrides: []
+prepare:
+  - module: data_prep.tokenizer
+    args: [--output, {json.dumps(str(tok))}, --vocab-size, "600", --max-bytes, "500000",
+           --no-progress]
+    creates: {json.dumps(str(tok) + '.model')}
+""")
+    # Run dirs and the tokenizer path contain " #", which ends a dotlist value: give them in YAML.
+    for name, arch in (("megabyte", "debug.yaml"), ("subword", "debug_subword.yaml")):
+        cfg = tmp_path / f"{name}.yaml"
+        text = (ROOT / "configs" / arch).read_text()
+        text = re.sub(r"^run_dir: .*$", f"run_dir: {json.dumps(str(root / name))}", text, flags=re.M)
+        text = re.sub(r"^  tokenizer: .*$", f"  tokenizer: {json.dumps(str(tok) + '.model')}", text,
+                      flags=re.M)
+        text += f"slurm:\n  env: {{EVIL: {json.dumps(HOSTILE + chr(10) + 'touch PWNED_nl')}}}\n"
+        cfg.write_text(text)
+    sweep.write_text(sweep.read_text().replace(json.dumps(str(ROOT / "configs" / "debug.yaml")),
+                                               json.dumps(str(tmp_path / "megabyte.yaml")))
+                     .replace(json.dumps(str(ROOT / "configs" / "debug_subword.yaml")),
+                              json.dumps(str(tmp_path / "subword.yaml"))))
+    sub = cluster.submit("--sweep", str(sweep), cwd=work)
+    assert sub["array_size"] == 2 and sub["prepare_job_id"]
+    (prep,) = cluster.wait(sub["prepare_job_id"], timeout=120)
+    assert prep["JobState"] == "COMPLETED", read_log(sub["prepare_log"])
+    tasks = cluster.wait(sub["job_id"], count=2, timeout=240)
+    logs = {i: read_log(sub["log"].replace("%a", str(i))) for i in (0, 1)}
+    assert [t["JobState"] for t in tasks] == ["COMPLETED", "COMPLETED"], logs
+    for i, name in enumerate(("megabyte", "subword")):
+        run_dir = root / name
+        result = json.loads((run_dir / "results.json").read_text())
+        assert result["steps"] == 12 and result["stop_reason"] == "max_steps", logs[i]
+        assert (run_dir / "launch" / "job.sbatch").is_file()
+        assert "training finished (max_steps)" in logs[i]
+    # sbatch read the quoted #SBATCH --job-name back unchanged.
+    shown = cluster.run("scontrol", "show", "job", sub["job_id"]).stdout
+    assert shown.count(f"JobName={HOSTILE}\n") == 2, shown
+    hits = [p for d in (tmp_path, work, cluster.dir, ROOT) for p in
+            (d.rglob(f"{MARK}_*") if d != ROOT else d.glob(f"{MARK}_*"))]
+    assert not hits, f"an injected command ran: {hits}"
