@@ -46,6 +46,9 @@ from pretrain.losses import word_perplexity
 from pretrain.model.flops import flops_per_byte
 
 MATCH_TOLERANCE = 0.05
+# Interleaved streams of the shard loader: consecutive sequences of a batch come from different
+# parts of the corpus (with one stream a micro-batch would be one stretch of one file).
+LANES = 16
 
 # MEGABYTE per size class: (context T, patch P, global (D, L, H), local (D, L, H), micro-batch).
 SIZES: Dict[str, Dict[str, Any]] = {
@@ -141,6 +144,7 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
             f"model.local_model.layers={model.local_model.layers}",
             f"model.local_model.heads={model.local_model.heads}",
             "data.source=shards", f"data.datasets=[{datasets}]", "data.val_bytes=65536",
+            f"data.lanes={LANES}",
             f"optim.lr={s['lr']}", f"optim.warmup_steps={min(500, max(10, steps // 10))}",
             f"train.max_steps={steps}", f"train.micro_batch_size={micro}",
             f"train.eval_interval={max(1, steps // 8)}", "train.sample_bytes=0",
@@ -174,7 +178,9 @@ def prepare_data(args: argparse.Namespace, out: Path) -> Path:
     data_dir = out / "data"
     cmd = [sys.executable, "-m", "data_prep.prepare", "--output", str(data_dir),
            "--vocab-size", str(args.vocab_size), "--skip", "empty", "--skip", "invalid_utf8",
-           "--max-bytes", str(args.max_corpus_bytes), "--val-fraction", str(args.val_fraction)]
+           "--max-bytes", str(args.max_corpus_bytes), "--val-fraction", str(args.val_fraction),
+           # Many small shards, so that the loader's lanes draw each batch from many streams.
+           "--shard-bytes", "512KiB"]
     cmd += [str(p) for p in args.corpus] if args.corpus else ["--stdlib"]
     _log(f"preparing data: {' '.join(cmd[1:])}")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
