@@ -10,7 +10,9 @@
    ``pretrain.model.flops``); every model gets the same global batch in bytes and the same
    training bytes (``--budget-bytes``, or ``--budget-flops`` / FLOPs per byte).
 3. Training through the engine (``pretrain.train``; ``--nproc N`` runs it under torchrun), each in
-   its own run directory; finished runs are skipped and interrupted ones resume.
+   its own run directory; finished runs are skipped and interrupted ones resume. ``--slurm``
+   submits them as one job array instead (``launch.slurm --sweep``); the same command run again
+   after the jobs finished evaluates and reports.
 4. Evaluation of all three on the *same* held-out bytes (``OUT/heldout.bin``) in basic, sliding
    and strided (MEGABYTE only) modes, exactly as ``python -m pretrain.evaluate --files
    OUT/heldout.bin`` reports them; gzip -9 and xz -6 on the same bytes as reference points.
@@ -189,24 +191,45 @@ def prepare_data(args: argparse.Namespace, out: Path) -> Path:
     return data_dir
 
 
+def write_config(plan: Plan, out: Path) -> Path:
+    cfg_path = out / "configs" / f"{plan.name}.yaml"
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, to_yaml(plan.cfg))
+    return cfg_path
+
+
+def submit_slurm(plans: List[Plan], out: Path, dry_run: bool, slurm: List[str]) -> Dict[str, Any]:
+    """Submit the unfinished runs as one Slurm job array (``launch.slurm --sweep``)."""
+    runs = [{"config": str(write_config(plan, out)), "overrides": []}
+            for plan in plans if not _finished(plan)]
+    if not runs:
+        return {"submitted": False, "reason": "every run has finished"}
+    sweep = out / "sweep.yaml"
+    atomic_write_text(sweep, json.dumps({"job_name": "compare", "output_dir": str(out / "launch"),
+                                         "overrides": list(slurm), "runs": runs}, indent=2) + "\n")
+    cmd = [sys.executable, "-m", "launch.slurm", "--sweep", str(sweep)] + (["--dry-run"] if dry_run
+                                                                           else [])
+    _log(f"submitting {len(runs)} runs: {' '.join(cmd[1:])}")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"launch.slurm failed (exit {proc.returncode})")
+    return {"submitted": not dry_run, "sweep": str(sweep), "launch": proc.stdout.strip()}
+
+
 def train(plan: Plan, out: Path, nproc: int) -> Dict[str, Any]:
     """Train one model (skipped when its run already finished); returns its results.json."""
     run_dir = Path(plan.cfg.run_dir)
     results = run_dir / "results.json"
-    if results.is_file():
+    if _finished(plan):
         done = json.loads(results.read_text())
-        if done.get("steps") == plan.cfg.train.max_steps:
-            _log(f"{plan.name}: finished earlier ({done['steps']} steps), skipping")
-            return done
-    cfg_path = out / "configs" / f"{plan.name}.yaml"
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, to_yaml(plan.cfg))
+        _log(f"{plan.name}: finished earlier ({done['steps']} steps), skipping")
+        return done
+    cfg_path = write_config(plan, out)
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", "pretrain.train", "--config", str(cfg_path)]
     else:
-        cmd = [sys.executable, "-m", "pretrain.train", "--config", str(cfg_path),
-               "parallel.engine=simple"]
+        cmd = [sys.executable, "-m", "pretrain.train", "--config", str(cfg_path)]
     _log(f"{plan.name}: training ({plan.cfg.train.max_steps} steps): {' '.join(cmd[1:])}")
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
     if proc.returncode:
@@ -372,6 +395,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--eval-bytes", type=int, default=65_536, help="held-out bytes to score")
     ap.add_argument("--modes", default="basic,sliding,strided")
     ap.add_argument("--nproc", type=int, default=1, help="processes per training run (torchrun)")
+    ap.add_argument("--slurm", action="store_true",
+                    help="submit the training runs as one Slurm job array and exit; run the same "
+                         "command again once they finished to evaluate and report")
+    ap.add_argument("--slurm-dry-run", action="store_true", help="print the job array script only")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (repeatable), e.g. --set train.dtype=bf16")
     args = ap.parse_args(argv)
@@ -412,6 +439,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "--val-fraction or use a larger corpus")
         if not heldout.is_file() or heldout.read_bytes() != text:
             heldout.write_bytes(text)
+        if args.slurm or args.slurm_dry_run:
+            pending = [p for p in plans if not _finished(p)]
+            if pending:
+                submitted = submit_slurm(plans, out, args.slurm_dry_run, [
+                    o for o in overrides if o.startswith("slurm.")])
+                print(json.dumps(submitted))
+                return 0
         trained = {p.name: train(p, out, args.nproc) for p in plans}
         evals = {p.name: evaluate(p, heldout, modes, out) for p in plans}
         refs = compressor_bpb(text)
@@ -431,6 +465,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    "eval": evals[p.name]["results"]} for p in plans}}
     print(json.dumps(summary))
     return 0
+
+
+def _finished(plan: Plan) -> bool:
+    """True when the run finished with exactly this config; a run directory trained with another
+    config is an error (never silently reused or mixed)."""
+    run_dir = Path(plan.cfg.run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and to_yaml(load_config(saved)) != to_yaml(plan.cfg):
+        raise RuntimeError(f"{run_dir} holds a run with a different config (other data, size or "
+                           "budget); choose another --out or delete that directory")
+    results = run_dir / "results.json"
+    return results.is_file() and json.loads(results.read_text()).get("steps") == \
+        plan.cfg.train.max_steps
 
 
 def _bytes_per_token(manifest: Dict[str, Any]) -> float:

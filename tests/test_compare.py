@@ -92,3 +92,18 @@ def test_rerun_skips_finished_runs(compared):
     _, _, second = compared
     assert second.stderr.count("finished earlier") == 3
     assert not re.search(r": training \(\d+ steps\)", second.stderr)
+
+
+def test_slurm_job_array_dry_run(compared, tmp_path):
+    out, _, _ = compared
+    cmd = [sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"), "--out",
+           str(tmp_path / "cmp"), "--budget-bytes", "16384", "--slurm-dry-run",
+           "--set", "slurm.cpus_per_task=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["submitted"] is False
+    assert "#SBATCH --array=0-2" in result["launch"]
+    for name in ("megabyte", "transformer_bytes", "transformer_subword"):
+        assert (tmp_path / "cmp" / "configs" / f"{name}.yaml").is_file()
