@@ -27,11 +27,12 @@ import io
 import json
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from pretrain.config import atomic_write_bytes  # the project's one atomic writer; re-exported
 
 FORMAT = "megabyte-shards"
 VERSION = 1
@@ -82,23 +83,6 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
             if not block:
                 return h.hexdigest()
             h.update(block)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def write_manifest(out_dir: Path, manifest: Dict[str, Any]) -> Path:
     path = Path(out_dir) / MANIFEST

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrain import checkpoint
-from pretrain.config import Config, Derived, atomic_write_text
+from pretrain.config import Config, Derived, as_dict, atomic_write_text
 from pretrain.data import build_data
 from pretrain.distributed import ParallelGrid, all_ranks_max, init_distributed, mean_over
 from pretrain.logging_utils import MetricsWriter, get_logger
@@ -249,11 +249,6 @@ class DeepSpeedTrainer(Trainer):
         """All ranks agree to stop if any rank got SIGTERM/SIGUSR1."""
         return all_ranks_max(1.0 if self._stop_signal is not None else 0.0, self.device) > 0
 
-    def measure_peak(self) -> float:
-        from pretrain.perf import device_peak_flops
-
-        return device_peak_flops(self.device) * self.world_size
-
     def sample(self) -> Optional[str]:
         """Generate from a plain single-process copy on rank 0 (decoding calls submodules outside
         ``forward``, which ZeRO-3's gather hooks do not cover, and needs no collectives)."""
@@ -280,7 +275,7 @@ class DeepSpeedTrainer(Trainer):
         tag = f"step_{self.step:08d}"
         client = {"step": self.step, "bytes_seen": self.bytes_seen,
                   "skipped_total": self.skipped_total, "world_size": self.world_size,
-                  "tensor_parallel": self.grid.tp_size, "config": _plain(self.cfg)}
+                  "tensor_parallel": self.grid.tp_size, "config": as_dict(self.cfg)}
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client,
                                     save_latest=False)
         rank_state = {"rng": checkpoint.rng_state(), "tp_rng": rng_tracker().get_states(),
@@ -333,12 +328,6 @@ class DeepSpeedTrainer(Trainer):
     def full_state(self) -> Dict[str, torch.Tensor]:
         """Full fp32 weights (collective: every rank must call it)."""
         return gather_full_state(self.model, self.grid, self.cfg.parallel.zero_stage == 3)
-
-
-def _plain(cfg: Config) -> Dict[str, Any]:
-    from pretrain.config import as_dict
-
-    return as_dict(cfg)
 
 
 def run_distributed(cfg: Config) -> Dict[str, Any]:
