@@ -53,7 +53,7 @@ def stock_read(urls: List[str]) -> int:
 
 def loader_read(dataset: Any, seq_len: int, micro_batch: int, workers: int, n_bytes: int) -> float:
     """Seconds for our loader to deliver about ``n_bytes`` (after one warm-up batch)."""
-    from pretrain.loader import ShardLoader
+    from pretrain.data.shard_loader import ShardLoader
 
     loader = ShardLoader([dataset], [1.0], seq_len, micro_batch, seed=1, eos=258, pad=256,
                          vocab_size=259, num_workers=workers)
@@ -78,9 +78,9 @@ def train_step_rate(fast: bool) -> Dict[str, Any]:
     import torch
 
     from pretrain.config import CONFIG_DIR, load_config
-    from pretrain.losses import lm_loss
+    from pretrain.model.losses import lm_loss
     from pretrain.model import build_model
-    from pretrain.optim import build_optimizer
+    from pretrain.training.optim import build_optimizer
 
     name = "debug.yaml" if fast else "quickstart.yaml"
     cfg = load_config(CONFIG_DIR / name)
@@ -115,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from data_prep.bytes import PrepOptions, parse_size, prepare
     from data_prep.sources import STDLIB_EXCLUDE, stdlib_dir
-    from pretrain.loader import open_dataset
+    from pretrain.data.shard_loader import open_dataset
 
     if args.input is None:
         inputs, include, exclude, corpus = [stdlib_dir()], ("*.py",), STDLIB_EXCLUDE, "python-stdlib"

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pretrain.runtime.processes import torchrun_command
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (tensor parallel, data parallel)
 
 
@@ -51,10 +53,10 @@ def main() -> None:
         out["reference_seconds_per_step"] = statistics.median(h["seconds_per_step"] for h in ref[1:])
         for tp, dp in layouts:
             run_dir = Path(tmp) / f"tp{tp}dp{dp}"
-            run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 f"--nproc_per_node={tp * dp}", "-m", "pretrain.train", "--config", args.config,
-                 f"run_dir={run_dir}", f"parallel.tensor_parallel={tp}", "parallel.zero_stage=3",
-                 f"train.micro_batch_size={args.global_batch // dp}", *common], env)
+            run(torchrun_command(tp * dp, "pretrain.train", [
+                "--config", args.config, f"run_dir={run_dir}", f"parallel.tensor_parallel={tp}",
+                "parallel.zero_stage=3", f"train.micro_batch_size={args.global_batch // dp}",
+                *common]), env)
             hist = json.loads((run_dir / "history.json").read_text())
             loss = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, hist))
             norm = max(abs(a["grad_norm"] - b["grad_norm"]) / a["grad_norm"] for a, b in zip(ref, hist))

@@ -21,7 +21,7 @@ from common import block_params, emit, machine, make_model, model_config, params
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pretrain.generation import Sampling, generate, uncached_next_logits  # noqa: E402
+from pretrain.inference.generation import Sampling, generate, uncached_next_logits  # noqa: E402
 
 
 def cached(model: torch.nn.Module, n: int, device: torch.device) -> Dict[str, Any]:

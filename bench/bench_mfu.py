@@ -19,9 +19,9 @@ from common import emit, machine, make_model, model_config, params, table, timed
 
 import torch  # noqa: E402
 
-from pretrain.losses import lm_loss  # noqa: E402
+from pretrain.model.losses import lm_loss  # noqa: E402
 from pretrain.model import flops_per_byte  # noqa: E402
-from pretrain.perf import cpu_matmul_peak, gpu_peak_flops  # noqa: E402
+from pretrain.runtime.perf import cpu_matmul_peak, gpu_peak_flops  # noqa: E402
 
 
 def stack_flops(dim: int, layers: int, context: int, mlp_ratio: int) -> float:

@@ -24,7 +24,7 @@ from common import (ROOT, block_params, emit, machine, make_model, model_config,
 
 import torch  # noqa: E402  (after common, which sets up the import path)
 
-from pretrain.losses import lm_loss  # noqa: E402
+from pretrain.model.losses import lm_loss  # noqa: E402
 from pretrain.model import flops_per_byte  # noqa: E402
 
 DEFAULT_CONTEXTS = {"cpu": [1024, 4096, 16384, 65536], "cuda": [1024, 4096, 16384, 65536, 262144,

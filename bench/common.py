@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from pretrain.config import ModelConfig, StackConfig  # noqa: E402
 from pretrain.model import build_model, count_params  # noqa: E402
-from pretrain.vocab import ByteVocab  # noqa: E402
+from data_prep.vocab import ByteVocab  # noqa: E402
 
 VOCAB = ByteVocab()
 

@@ -10,9 +10,7 @@ Runs, each step skipped when its output is already up to date:
 2. ``OUTPUT/tokenizer.model``: a lossless SentencePiece model trained on a capped, shuffled
    sample of the train split (``--vocab-size``, ``--model-type``; ``--vocab-size 0`` skips 2-3);
 3. ``OUTPUT/tokens``: token shards for the subword baseline (bytes per token per split in the
-   manifest; documents that are not UTF-8 need ``--skip invalid_utf8``);
-4. ``OUTPUT/loader_state.json``: the training loader run on the byte shards, its state saved
-   after some batches and a second loader resumed from it, checked to continue exactly.
+   manifest; documents that are not UTF-8 need ``--skip invalid_utf8``).
 
 Train with ``data.source=shards data.datasets=[OUTPUT/bytes]`` (or ``[OUTPUT/tokens]`` with
 ``model.vocab=sentencepiece model.tokenizer=OUTPUT/tokenizer.model``). The result is one JSON
@@ -52,37 +50,6 @@ def train_tokenizer(dataset: Path, prefix: Path, vocab_size: int, model_type: st
     return {**out, "status": "written"}
 
 
-def check_loader(dataset: Path, out: Path, seq_len: int, batches: int = 8, micro_batch: int = 4
-                 ) -> Dict[str, Any]:
-    """Run the loader, save its state half-way, resume a fresh loader from it, compare."""
-    import torch
-
-    from pretrain.loader import ShardLoader, open_dataset
-    from pretrain.vocab import ByteVocab
-
-    v = ByteVocab()
-    ds = open_dataset(dataset)
-
-    def make() -> ShardLoader:
-        return ShardLoader([ds], [1.0], seq_len, micro_batch, seed=0, eos=v.eos_id, pad=v.pad_id,
-                           vocab_size=v.vocab_size)
-
-    full = make()
-    reference = [full.next_batch() for _ in range(batches)]
-    first = make()
-    for _ in range(batches // 2):
-        first.next_batch()
-    state = first.state_dict()
-    resumed = make()
-    resumed.load_state_dict(json.loads(json.dumps(state)))  # it survives a JSON round trip too
-    rest = [resumed.next_batch() for _ in range(batches - batches // 2)]
-    exact = all(torch.equal(a, b) for a, b in zip(reference[batches // 2:], rest))
-    result = {"state": state, "resume_exact": exact, "seq_len": seq_len, "micro_batch": micro_batch,
-              "batches": batches}
-    atomic_write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
-    return {"path": str(out), "resume_exact": exact, "global_index": state["global_index"]}
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.prepare", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
@@ -93,7 +60,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     p.add_argument("--sample-lines", type=int, default=2_000_000,
                    help="train the tokenizer on a random sample of at most this many lines")
-    p.add_argument("--check-seq-len", type=int, default=512, help="sequence length of the loader check")
     args = p.parse_args(argv)
     from data_prep.tokenizer import TokenizeError, tokenize_dataset
 
@@ -110,13 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                args.sample_lines)
             out["tokens"] = tokenize_dataset(bytes_dir, Path(f"{prefix}.model"), args.output / "tokens",
                                              args.workers, "invalid_utf8" in opts.skip, not args.no_progress)
-        out["loader_check"] = check_loader(bytes_dir, args.output / "loader_state.json", args.check_seq_len)
     except (PrepError, TokenizeError, ManifestError, ShardError, OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not out["loader_check"]["resume_exact"]:
-        print("error: the loader did not resume exactly (a bug; please report it)", file=sys.stderr)
-        return 1
     train = [f"python -m pretrain.train data.source=shards data.datasets=[{args.output / 'bytes'}]"]
     if args.vocab_size > 0:
         train.append(f"python -m pretrain.train --config configs/debug_subword.yaml data.source=shards "

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from pretrain.config import atomic_write_bytes  # the project's one atomic writer; re-exported
+from data_prep.atomic import atomic_write_bytes  # the project's one atomic writer; re-exported
 
 FORMAT = "megabyte-shards"
 VERSION = 1

@@ -130,7 +130,7 @@ _VOCABS: Dict[str, Any] = {}
 
 
 def _vocab(model_path: str) -> Any:
-    from pretrain.vocab import SentencePieceVocab
+    from data_prep.vocab import SentencePieceVocab
 
     if model_path not in _VOCABS:
         _VOCABS[model_path] = SentencePieceVocab(model_path)
@@ -212,7 +212,7 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         sha256_file,
         write_manifest,
     )
-    from pretrain.vocab import SentencePieceVocab
+    from data_prep.vocab import SentencePieceVocab
 
     t0 = time.perf_counter()
     src = read_manifest(dataset)

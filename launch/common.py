@@ -14,15 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from pretrain.config import REPO_ROOT, Config, ConfigError, atomic_write_text, derive, load_config, to_yaml
+from data_prep.atomic import atomic_write_text
+from launch.slurm_config import validate_slurm
+from pretrain.config import REPO_ROOT, Config, ConfigError, derive, load_config, to_yaml
+from pretrain.runtime.processes import EXIT_REQUEUE
 
 LAUNCH_DIR = "launch"
 """Subdirectory of the run directory with the launch files (config, job script, requeue count)."""
 STOP_REASON = "stop_reason"
 """Written by rank 0 at the end of training: ``signal`` (checkpointed, requeue me), ``max_steps``
 or ``max_minutes`` (finished)."""
-EXIT_REQUEUE = 75
-"""Exit code of a job or launcher that stopped on a signal after checkpointing (the engine's)."""
 
 
 def launch_dir(run_dir: os.PathLike | str) -> Path:
@@ -37,6 +38,7 @@ def launched_config_path(run_dir: os.PathLike | str) -> Path:
 def load_run_config(config: Optional[os.PathLike | str], overrides: Sequence[str]) -> Config:
     """Load and validate a config, then make ``run_dir`` absolute (jobs may start elsewhere)."""
     cfg = load_config(config, overrides)
+    validate_slurm(cfg)
     cfg.run_dir = os.path.abspath(os.path.expanduser(cfg.run_dir))
     return cfg
 

@@ -37,6 +37,7 @@ from launch.common import (
     world_size,
 )
 from pretrain.config import ConfigError
+from pretrain.runtime import processes
 
 
 def torchrun_command(nproc: int, config_path: str, python: str = sys.executable) -> List[str]:
@@ -45,9 +46,9 @@ def torchrun_command(nproc: int, config_path: str, python: str = sys.executable)
     torchrun does not handle SIGINT here (``--signals-to-handle`` leaves it out), so Ctrl-C reaches
     the launcher, which turns it into a checkpoint-and-stop instead of a kill.
     """
-    worker = worker_command(python, nproc, config_path)
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "--max-restarts=0", "--signals-to-handle=SIGTERM,SIGHUP,SIGQUIT", *worker[1:]]
+    worker = worker_command(python, nproc, config_path)  # [python, "-m", module, args...]
+    return processes.torchrun_command(nproc, worker[2], worker[3:], python, extra=[
+        "--max-restarts=0", "--signals-to-handle=SIGTERM,SIGHUP,SIGQUIT"])
 
 
 def _ignore_stop_signals() -> None:  # runs in the child before exec: inherited by torchrun

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from data_prep.atomic import atomic_write_text
 from launch.common import (
     EXIT_REQUEUE,
     fail,
@@ -40,6 +41,7 @@ from launch.common import (
     save_run_config,
     world_size,
 )
+from launch.slurm_config import printable
 from launch.sweep import LoadedRun, PrepareStep, Sweep, load_runs, load_sweep
 from pretrain.config import (
     REPO_ROOT,
@@ -47,7 +49,6 @@ from pretrain.config import (
     ConfigError,
     SlurmConfig,
     as_dict,
-    atomic_write_text,
     load_config,
 )
 
@@ -60,7 +61,7 @@ SCRIPTS = Path(__file__).resolve().parent / "sbatch"
 
 
 def _no_control(value: str, key: str) -> str:
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if not printable(value):
         raise ConfigError(f"config error: {key}: {value!r} contains a newline or control character "
                           "and cannot go into a job script directive")
     return value
@@ -220,7 +221,7 @@ def render_prepare(steps: Sequence[PrepareStep], s: SlurmConfig, *, output_dir: 
 
 
 @dataclasses.dataclass
-class Plan:
+class Submission:
     """What one invocation submits: an optional preparation job, then the training job."""
 
     runs: List[LoadedRun]
@@ -249,15 +250,15 @@ def _same_slurm(runs: Sequence[LoadedRun]) -> None:
                     "resources")
 
 
-def plan_single(config: Optional[str], overrides: Sequence[str]) -> Plan:
+def plan_single(config: Optional[str], overrides: Sequence[str]) -> Submission:
     cfg = load_run_config(config, overrides)
     run = LoadedRun(cfg, str(config))
     output_dir = os.path.abspath(cfg.slurm.output_dir or str(launch_dir(cfg.run_dir)))
     script = render_training([cfg], output_dir=output_dir, job_name=cfg.slurm.job_name)
-    return Plan([run], output_dir, cfg.slurm.job_name, script)
+    return Submission([run], output_dir, cfg.slurm.job_name, script)
 
 
-def plan_sweep(path: str, overrides: Sequence[str]) -> Plan:
+def plan_sweep(path: str, overrides: Sequence[str]) -> Submission:
     sweep: Sweep = load_sweep(path)
     runs, pending = load_runs(sweep, overrides)
     first = runs[0].cfg if runs else None
@@ -278,7 +279,7 @@ def plan_sweep(path: str, overrides: Sequence[str]) -> Plan:
     if pending:
         prepare_script = render_prepare(pending, first.slurm, output_dir=output_dir,
                                         job_name=job_name + "-prepare", cpus=sweep.prepare_cpus)
-    return Plan(runs, output_dir, job_name, script, pending, prepare_script)
+    return Submission(runs, output_dir, job_name, script, pending, prepare_script)
 
 
 def sbatch(script: Path, dependency: Optional[str] = None) -> str:
@@ -298,7 +299,7 @@ def sbatch(script: Path, dependency: Optional[str] = None) -> str:
     return proc.stdout.strip().split(";", 1)[0]
 
 
-def write_files(plan: Plan) -> None:
+def write_files(plan: Submission) -> None:
     """Save what the jobs read and what reproduces them: configs, scripts (0755)."""
     Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
     for run in plan.runs:
@@ -317,7 +318,7 @@ def _write_script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-def submit(plan: Plan) -> Dict[str, object]:
+def submit(plan: Submission) -> Dict[str, object]:
     write_files(plan)
     result: Dict[str, object] = {"job_id": None, "script": None, "log": None,
                                  "run_dirs": [r.cfg.run_dir for r in plan.runs]}
@@ -383,7 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-__all__ = ["EXIT_REQUEUE", "Plan", "directive_value", "main", "plan_single", "plan_sweep",
+__all__ = ["EXIT_REQUEUE", "Submission", "directive_value", "main", "plan_single", "plan_sweep",
            "render_prepare", "render_training", "submit"]
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.common import load_run_config
-from pretrain.config import Config, ConfigError, validate_slurm
+from launch.slurm_config import validate_slurm
+from pretrain.config import Config, ConfigError
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 

@@ -41,8 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from pretrain.data import load_corpus
-    from pretrain.evaluation import evaluate_bytes
-    from pretrain.loading import load_for_inference
+    from pretrain.inference.evaluation import evaluate_bytes
+    from pretrain.inference.loading import load_for_inference
 
     try:
         cfg, model, vocab = load_for_inference(args.checkpoint, args.overrides)

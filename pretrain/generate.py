@@ -40,8 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="config overrides, e.g. train.device=cpu")
     args = parser.parse_args(argv)
 
-    from pretrain.generation import Sampling, generate
-    from pretrain.loading import load_for_inference
+    from pretrain.inference.generation import Sampling, generate
+    from pretrain.inference.loading import load_for_inference
 
     try:
         if args.prompt_file:

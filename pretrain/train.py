@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from pretrain.distributed import launched_distributed
+    from pretrain.parallel.grid import launched_distributed
 
     engine = cfg.parallel.engine
     if engine == "auto":
@@ -54,12 +54,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: parallel.tensor_parallel > 1 needs parallel.engine=deepspeed (start the "
               "processes with torchrun or launch.local)", file=sys.stderr)
         return 2
-    from pretrain.engine import EXIT_ABORT, EXIT_REQUEUE
-    from pretrain.trainer import Trainer, TrainingAborted
+    from pretrain.runtime.processes import EXIT_ABORT, EXIT_REQUEUE
+    from pretrain.training.trainer import Trainer, TrainingAborted
 
     try:
         if engine == "deepspeed":
-            from pretrain.engine import run_distributed
+            from pretrain.parallel.engine import run_distributed
 
             result = run_distributed(cfg)
         else:

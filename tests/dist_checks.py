@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pretrain.config import CONFIG_DIR, load_config  # noqa: E402
-from pretrain.engine import DeepSpeedTrainer  # noqa: E402
+from pretrain.parallel.engine import DeepSpeedTrainer  # noqa: E402
 
 
 def main() -> None:

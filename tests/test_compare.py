@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.compare import SIZES, bytes_per_word, compressor_bpb, match_transformer, megabyte_model
+from pretrain.comparison.matching import SIZES, match_transformer, megabyte_model
+from pretrain.comparison.report import bytes_per_word, compressor_bpb
 from pretrain.model import flops_per_byte
 from tests.conftest import ROOT
 

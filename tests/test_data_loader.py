@@ -13,10 +13,10 @@ import torch
 
 from data_prep.bytes import PrepOptions, prepare
 from data_prep.shards import ShardError, iter_documents, iter_shard_documents, read_manifest
+from data_prep.vocab import ByteVocab
 from pretrain.config import CONFIG_DIR, ConfigError, load_config
 from pretrain.data import build_data
-from pretrain.loader import ShardLoader, open_dataset
-from pretrain.vocab import ByteVocab
+from pretrain.data.shard_loader import ShardLoader, open_dataset
 from tests.data_corpus import make_corpus
 
 EOS, PAD = 258, 256
@@ -239,7 +239,7 @@ def test_config_errors_name_the_key(overrides, expected, dataset):
 
 
 def test_byte_dataset_refused_for_the_subword_vocab(dataset, sp_model):
-    from pretrain.vocab import SentencePieceVocab
+    from data_prep.vocab import SentencePieceVocab
 
     cfg = load_config(CONFIG_DIR / "debug_subword.yaml", [
         "data.source=shards", f"data.datasets=[{dataset}]", f"model.tokenizer={sp_model}"])
@@ -252,7 +252,7 @@ def test_trainer_resumes_bit_for_bit_from_a_checkpoint_on_shards(dataset, tmp_pa
     import shutil
 
     from pretrain.config import derive
-    from pretrain.trainer import Trainer
+    from pretrain.training.trainer import Trainer
 
     common = ["data.source=shards", f"data.datasets=[{dataset}]", "data.num_workers=2", "train.max_steps=6",
               "checkpoint.interval=3", "checkpoint.keep_last=5", "logging.log_interval=1",

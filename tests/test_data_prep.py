@@ -238,15 +238,19 @@ def test_include_exclude_globs(corpus):
     assert ids == {k for k in expected if k.endswith(".py") and "/sub/" not in k}
 
 
-def test_one_command_gives_shards_tokenizer_token_shards_and_a_resumable_loader_state(corpus, tmp_path):
+def test_one_command_gives_shards_tokenizer_and_token_shards_that_train_reads(corpus, tmp_path):
     root, _ = corpus
     cmd = [sys.executable, "-m", "data_prep.prepare", str(root), "--output", str(tmp_path / "d"),
            "--vocab-size", "400", "--skip", "invalid_utf8", "--shard-bytes", "16K", "--workers", "1",
-           "--check-seq-len", "128", "--no-progress"]
+           "--no-progress"]
     first = json.loads(subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, check=True,
                                       timeout=300).stdout)
     assert {first[k]["status"] for k in ("bytes", "tokenizer", "tokens")} == {"written"}
-    assert first["loader_check"]["resume_exact"] and (tmp_path / "d" / "tokenizer.model").is_file()
+    assert (tmp_path / "d" / "tokenizer.model").is_file()
+    # What it wrote is what training reads: the shard loader opens both datasets.
+    from pretrain.data.shard_loader import open_dataset
+    assert open_dataset(tmp_path / "d" / "bytes").kind == "bytes"
+    assert open_dataset(tmp_path / "d" / "tokens").kind == "tokens"
     assert read_manifest(tmp_path / "d" / "tokens")["kind"] == "tokens"
     assert first["tokens"]["bad_input"]["invalid_utf8"] == 1  # bin/blob.bin is not text
     again = json.loads(subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, check=True,

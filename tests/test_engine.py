@@ -18,7 +18,7 @@ from typing import Dict, List
 import pytest
 
 from pretrain.config import CONFIG_DIR, derive, load_config
-from pretrain.trainer import Trainer
+from pretrain.training.trainer import Trainer
 from tests.conftest import ROOT
 
 STEPS = 6
@@ -184,8 +184,8 @@ def test_tensorboard_scalars(tp2dp2_run):
 
 
 def test_export_matches_distributed_model_and_reshards_to_tp1(tmp_path, tp2dp2_run):
-    from pretrain.evaluation import evaluate_bytes
-    from pretrain.loading import load_for_inference
+    from pretrain.inference.evaluation import evaluate_bytes
+    from pretrain.inference.loading import load_for_inference
 
     run, args, _ = tp2dp2_run
     out = tmp_path / "model.safetensors"
@@ -232,7 +232,7 @@ def test_nan_step_is_skipped_and_counted(tmp_path, stage):
     hist = {h["step"]: h for h in history(run)}
     # The skipped update did not advance the LR schedule: step 3 runs at the LR step 3 would have.
     ref_cfg = load_config(CONFIG_DIR / "debug.yaml").optim
-    from pretrain.optim import lr_at
+    from pretrain.training.optim import lr_at
 
     assert hist[3]["lr"] == pytest.approx(lr_at(2, ref_cfg, STEPS))
     if stage == 3:
@@ -318,6 +318,6 @@ def test_deepspeed_launcher_runs_the_same_entry_point(tmp_path):
 
 
 def _free_port() -> int:
-    from pretrain.distributed import free_port
+    from pretrain.parallel.grid import free_port
 
     return free_port()

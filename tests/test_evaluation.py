@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.evaluation import evaluate_bytes, plan_windows, score_ids, window_plan_for
-from pretrain.losses import bits_per_byte, token_nll, word_perplexity
+from data_prep.vocab import ByteVocab, SentencePieceVocab
+from pretrain.inference.evaluation import evaluate_bytes, plan_windows, score_ids, window_plan_for
 from pretrain.model import build_model
-from pretrain.vocab import ByteVocab, SentencePieceVocab
+from pretrain.model.losses import bits_per_byte, token_nll, word_perplexity
 from tests.conftest import tiny_model_config
 
 VOCAB = ByteVocab()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from data_prep.vocab import ByteVocab
 from pretrain.config import CONFIG_DIR, load_config
 from pretrain.model import build_model, flops_per_byte, flops_per_token
-from pretrain.vocab import ByteVocab
 from tests.conftest import tiny_model_config
 
 

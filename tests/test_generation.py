@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.generation import Sampling, generate, sample_next, uncached_next_logits
+from data_prep.vocab import ByteVocab, SentencePieceVocab
+from pretrain.inference.generation import Sampling, generate, sample_next, uncached_next_logits
 from pretrain.model import build_model
-from pretrain.vocab import ByteVocab, SentencePieceVocab
 from tests.conftest import tiny_model_config
 
 VOCAB = ByteVocab()

@@ -17,21 +17,16 @@ from typing import Dict, List
 import pytest
 
 from launch import slurm
-from launch.common import EXIT_REQUEUE
+from launch.common import EXIT_REQUEUE, load_run_config
+from launch.slurm_config import slurm_time_seconds
 from launch.sweep import load_sweep
 from launch.worker import check_world
-from pretrain.config import CONFIG_DIR, ConfigError, load_config, slurm_time_seconds
+from pretrain.config import CONFIG_DIR, ConfigError, load_config
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
 TINY = ["train.max_steps=40", "parallel.zero_stage=3", "parallel.zero3_persistence_threshold=0",
         "logging.log_interval=5"]
-
-
-def test_exit_code_matches_the_engine():
-    from pretrain.engine import EXIT_REQUEUE as ENGINE_EXIT_REQUEUE
-
-    assert EXIT_REQUEUE == ENGINE_EXIT_REQUEUE
 
 
 # ---------------------------------------------------------------------------- config section
@@ -56,8 +51,9 @@ SLURM_ERRORS = [
 
 @pytest.mark.parametrize("overrides,expected", SLURM_ERRORS, ids=[e[1][:32] for e in SLURM_ERRORS])
 def test_slurm_section_errors_are_one_line_naming_the_key(overrides, expected):
-    with pytest.raises(ConfigError) as info:
-        load_config(CONFIG_DIR / "debug.yaml", overrides)
+    load_config(CONFIG_DIR / "debug.yaml", overrides)  # training ignores the section ...
+    with pytest.raises(ConfigError) as info:  # ... the launcher refuses it
+        load_run_config(CONFIG_DIR / "debug.yaml", overrides)
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -67,7 +63,7 @@ def test_newlines_in_slurm_values_are_refused(tmp_path, key):
     bad = tmp_path / "bad.yaml"  # YAML double quotes turn \n into a real newline
     bad.write_text(f'slurm:\n  {key}: "x\\ntouch PWNED"\n')
     with pytest.raises(ConfigError, match=f"slurm.{key}: .*newline"):
-        load_config(bad)
+        load_run_config(bad, [])
 
 
 def test_slurm_time_parsing():

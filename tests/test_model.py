@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.losses import IGNORE, lm_loss, token_nll
+from data_prep.vocab import ByteVocab
 from pretrain.model import Megabyte, TransformerLM, build_model, count_params
-from pretrain.vocab import ByteVocab
+from pretrain.model.losses import IGNORE, lm_loss, token_nll
 from tests.conftest import ROOT, tiny_model_config
 
 VOCAB = ByteVocab()

@@ -22,9 +22,9 @@ from data_prep.tokenizer import (
     train_sentencepiece,
     training_lines,
 )
+from data_prep.vocab import SentencePieceVocab
 from pretrain.config import CONFIG_DIR, load_config
 from pretrain.data import build_data
-from pretrain.vocab import SentencePieceVocab
 from tests.conftest import ROOT
 from tests.data_corpus import make_corpus
 

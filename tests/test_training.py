@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from pretrain.config import CONFIG_DIR, derive, load_config
-from pretrain.optim import lr_at
-from pretrain.trainer import Trainer
+from pretrain.training.optim import lr_at
+from pretrain.training.trainer import Trainer
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -170,7 +170,7 @@ class MixSchedule:
         return d, b * self.quotas[d] + int(counts[o, d])
 
 
-class Plan:
+class StreamLayout:
     """Maps a global sequence index to (dataset, stream, sequence position in the stream)."""
 
     def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], lanes: int,
@@ -230,7 +230,7 @@ class Plan:
 class StreamReader:
     """Sequences of one (dataset, stream) at increasing positions, read shard by shard."""
 
-    def __init__(self, plan: Plan, d: int, s: int, eos: int, pad: int, skip_bad: bool,
+    def __init__(self, plan: StreamLayout, d: int, s: int, eos: int, pad: int, skip_bad: bool,
                  counters: Dict[str, int]) -> None:
         self.plan, self.d, self.s = plan, d, s
         self.dataset = plan.datasets[d]
@@ -360,7 +360,7 @@ class StreamSpec:
 class RankCursor:
     """Produces a rank's sequences by rank-local index ``j`` (global ``start + dp_rank + j*dp_size``)."""
 
-    def __init__(self, plan: Plan, spec: StreamSpec, start: int, dp_rank: int, dp_size: int) -> None:
+    def __init__(self, plan: StreamLayout, spec: StreamSpec, start: int, dp_rank: int, dp_size: int) -> None:
         self.plan, self.spec = plan, spec
         self.start, self.dp_rank, self.dp_size = start, dp_rank, dp_size
         self.readers: Dict[Tuple[int, int], StreamReader] = {}
@@ -410,8 +410,8 @@ class _WorkerSequences(torch.utils.data.IterableDataset):
             cursor.close()
 
 
-def build_plan(spec: StreamSpec) -> Plan:
-    return Plan([open_dataset(p) for p in spec.dataset_paths], spec.weights, spec.lanes, spec.seq_len,
+def build_plan(spec: StreamSpec) -> StreamLayout:
+    return StreamLayout([open_dataset(p) for p in spec.dataset_paths], spec.weights, spec.lanes, spec.seq_len,
                 spec.seed)
 
 
@@ -453,7 +453,7 @@ class ShardLoader:
         self.lanes = lanes
         self.spec = StreamSpec(tuple(d.path for d in self.datasets), tuple(self.weights), lanes,
                                self.seq_len, self.seed, self.eos, self.pad, self.dtype, self.skip_bad)
-        self.plan = Plan(self.datasets, self.weights, lanes, self.seq_len, self.seed)
+        self.plan = StreamLayout(self.datasets, self.weights, lanes, self.seq_len, self.seed)
         width = self.dp_size * max(self.num_workers, 1)
         if lanes % width or not self.plan.full_width:
             log.warning("data: lanes=%d with dp=%d x workers=%d and %s shards: readers also read "

@@ -1,8 +1,8 @@
 """Single-process training: the short loop and the components it calls.
 
 The DeepSpeed engine (multi-process, ZeRO, tensor parallelism) reuses the same pieces: the loss
-(:mod:`pretrain.losses`), the schedule (:mod:`pretrain.optim`), the evaluation
-(:mod:`pretrain.evaluation`) and the batch sampler (:mod:`pretrain.data`).
+(:mod:`pretrain.model.losses`), the schedule (:mod:`pretrain.training.optim`), the evaluation
+(:mod:`pretrain.inference.evaluation`) and the batch sampler (:mod:`pretrain.data`).
 """
 
 from __future__ import annotations
@@ -10,44 +10,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
-from pretrain import checkpoint
+from data_prep.vocab import build_vocab
+from pretrain.checkpoints import store
 from pretrain.config import Config, Derived, as_dict, atomic_write_text, save_resolved
 from pretrain.data import build_data
-from pretrain.evaluation import evaluate_bytes
-from pretrain.generation import Sampling, generate
-from pretrain.logging_utils import MetricsWriter, format_metrics, get_logger
-from pretrain.losses import lm_loss, targets_for
+from pretrain.inference.evaluation import evaluate_bytes
+from pretrain.inference.generation import Sampling, generate
 from pretrain.model import build_model, count_params, flops_per_byte
-from pretrain.optim import build_optimizer, lr_at, set_lr
-from pretrain.perf import device_peak_flops, memory_gb
-from pretrain.vocab import build_vocab
+from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
+from pretrain.runtime.device import pick_device
+from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
+from pretrain.runtime.perf import device_peak_flops, memory_gb
+from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
+from pretrain.training.optim import build_optimizer, lr_at, set_lr
 
 log = get_logger()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 class Trainer:
@@ -81,8 +65,8 @@ class Trainer:
         self.is_main, self.world_size = True, 1
         self._nan_injected = False
         self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard)
-        if cfg.train.init_from and checkpoint.latest(self.ckpt_dir) is None:
-            from pretrain.export import read_export
+        if cfg.train.init_from and store.latest(self.ckpt_dir) is None:
+            from pretrain.checkpoints.exports import read_export
 
             exported = read_export(Path(cfg.train.init_from))
             self.model.load_state_dict(exported["model"])
@@ -121,7 +105,7 @@ class Trainer:
         units = self.derived.global_batch_units
         self.bytes_seen += units * self.bytes_per_unit
         loss = loss_sum / accum
-        return {"loss": loss, "bpb": loss / math.log(2) / self.bytes_per_unit, "lr": lr,
+        return {"loss": loss, "bpb": bits_per_byte(loss, self.bytes_per_unit), "lr": lr,
                 "grad_norm": grad_norm}
 
     def evaluate(self) -> Dict[str, float]:
@@ -147,12 +131,12 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, step, RNG, config."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "bytes_seen": self.bytes_seen, "rng": checkpoint.rng_state(),
+                "step": self.step, "bytes_seen": self.bytes_seen, "rng": rng_state(),
                 "data": self.train_data.state_dict(),
                 "config": as_dict(self.cfg)}
 
     def save(self) -> Path:
-        path = checkpoint.save(self.ckpt_dir, self.step, self.state_dict(),
+        path = store.save(self.ckpt_dir, self.step, self.state_dict(),
                                self.cfg.checkpoint.keep_last)
         log.info("saved checkpoint %s", path)
         return path
@@ -161,14 +145,14 @@ class Trainer:
         """Continue from ``checkpoints/latest`` when resumption is on and one exists."""
         if not self.cfg.checkpoint.resume:
             return
-        path = checkpoint.latest(self.ckpt_dir)
+        path = store.latest(self.ckpt_dir)
         if path is None:
             return
-        state = checkpoint.load(path)
+        state = store.load(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.bytes_seen = state["step"], state["bytes_seen"]
-        checkpoint.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.train_data.load_state_dict(state["data"])
         log.info("resumed from %s at step %d", path, self.step)
 

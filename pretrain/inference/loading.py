@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Tuple
 
-from pretrain import checkpoint
+from data_prep.vocab import Vocab, build_vocab
+from pretrain.checkpoints import store
 from pretrain.config import Config, config_from_dict
 from pretrain.model import Model, build_model
-from pretrain.trainer import pick_device
-from pretrain.vocab import Vocab, build_vocab
+from pretrain.runtime.device import pick_device
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -22,8 +22,8 @@ def resolve_checkpoint(path: Path) -> Path:
         raise FileNotFoundError(f"{path} holds a DeepSpeed (distributed) checkpoint: export it "
                                 "first with python -m pretrain.export --checkpoint ...")
     for candidate in (path / "checkpoints", path):
-        if (candidate / checkpoint.LATEST).is_file():
-            found = checkpoint.latest(candidate)
+        if (candidate / store.LATEST).is_file():
+            found = store.latest(candidate)
             if found is not None:
                 return found
     raise FileNotFoundError(f"no checkpoint found at {path} (expected a run directory with "
@@ -35,15 +35,15 @@ def load_for_inference(path: Path, overrides: Sequence[str] = ()) -> Tuple[Confi
     or a ``pretrain.export`` safetensors file (the way to use a distributed run's weights)."""
     path = Path(path)
     if path.suffix == ".safetensors" or (path / "export" / "model.safetensors").is_file() and not (
-            path / "checkpoints" / checkpoint.LATEST).is_file():
-        from pretrain.export import read_export
+            path / "checkpoints" / store.LATEST).is_file():
+        from pretrain.checkpoints.exports import read_export
 
         file = path if path.suffix == ".safetensors" else path / "export" / "model.safetensors"
         state = read_export(file)
         ckpt = file
     else:
         ckpt = resolve_checkpoint(path)
-        state = checkpoint.load(ckpt)
+        state = store.load(ckpt)
     cfg = config_from_dict(state["config"], overrides, origin=f"config saved in {ckpt}")
     vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
     model = build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id)

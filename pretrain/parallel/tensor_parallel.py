@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.config import Config
-from pretrain.distributed import ParallelGrid
 from pretrain.model import Model, build_model
 from pretrain.model.layers import Attention, TransformerStack
+from pretrain.parallel.grid import ParallelGrid
 
 # ------------------------------------------------------------------------------ TP primitives
 

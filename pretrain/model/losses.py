@@ -27,8 +27,11 @@ def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
     return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def bits_per_byte(total_nats: float, n_bytes: int) -> float:
-    """Total NLL in nats over a text of ``n_bytes`` bytes, as bits per byte."""
+def bits_per_byte(total_nats: float, n_bytes: float) -> float:
+    """NLL in nats over ``n_bytes`` bytes, as bits per byte: ``total_nats / (n_bytes * ln 2)``.
+
+    The one definition: a whole text (total NLL, exact byte count) or one id on average (mean
+    loss per id, bytes per id: 1.0 for byte models)."""
     if n_bytes <= 0:
         raise ValueError("bits per byte needs at least one byte")
     return total_nats / (n_bytes * math.log(2))

@@ -8,36 +8,21 @@ checkpoint or a pointer to one.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
-from pretrain.config import atomic_write_text
+from data_prep.atomic import atomic_write_text
 
 LATEST = "latest"
-
-
-def rng_state() -> Dict[str, Any]:
-    """Python, numpy and torch RNG states."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 def save(ckpt_dir: Path, step: int, state: Dict[str, Any], keep_last: int) -> Path:
     """Write ``state`` as ``step_{step:08d}/state.pt``, point ``latest`` at it, prune old ones."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
+    name = step_name(step)
     final = ckpt_dir / name
     tmp = ckpt_dir / f".{name}.tmp"
     if tmp.exists():
@@ -47,12 +32,27 @@ def save(ckpt_dir: Path, step: int, state: Dict[str, Any], keep_last: int) -> Pa
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    point_latest(ckpt_dir, name)
+    prune(ckpt_dir, keep_last, name)
+    return final
+
+
+def step_name(step: int) -> str:
+    """The directory name of the checkpoint taken after update ``step``."""
+    return f"step_{step:08d}"
+
+
+def point_latest(ckpt_dir: Path, name: str) -> None:
+    """Atomically make ``latest`` name the checkpoint directory ``name``."""
     atomic_write_text(ckpt_dir / LATEST, name + "\n")
+
+
+def prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
+    """Remove all but the newest ``keep_last`` checkpoint directories (never ``current``)."""
     kept = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for old in kept[:-keep_last]:
-        if old.name != name:
+        if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest(ckpt_dir: Path) -> Optional[Path]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pretrain.losses import bits_per_byte, token_nll
+from pretrain.model.losses import bits_per_byte, token_nll
 
 MODES = ("basic", "sliding", "strided", "sliding_strided")
 

@@ -1,6 +1,6 @@
 """The distributed engine: DeepSpeed ZeRO (stages 0-3) with a tensor-parallel global model.
 
-Same loop as the single-process :class:`~pretrain.trainer.Trainer` (it subclasses it); what
+Same loop as the single-process :class:`~pretrain.training.trainer.Trainer` (it subclasses it); what
 changes is how the model is built (:func:`pretrain.parallel.build_parallel_model`), how a step is
 taken (``engine.backward`` / ``engine.step``), how checkpoints are written, and that every
 decision that must be collective (skip, stop) is agreed by all ranks.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import warnings
 from pathlib import Path
@@ -26,25 +25,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain import checkpoint
-from pretrain.config import Config, Derived, as_dict, atomic_write_text
+from data_prep.vocab import build_vocab
+from pretrain.checkpoints import store
+from pretrain.config import Config, Derived, as_dict
 from pretrain.data import build_data
-from pretrain.distributed import ParallelGrid, all_ranks_max, init_distributed, mean_over
-from pretrain.logging_utils import MetricsWriter, get_logger
-from pretrain.losses import lm_loss, targets_for
 from pretrain.model import build_model, count_params, flops_per_byte
-from pretrain.optim import lr_at, param_groups
-from pretrain.parallel import build_parallel_model, gather_full_state, rng_tracker
-from pretrain.trainer import Trainer, pick_device, seed_everything
-from pretrain.vocab import build_vocab
+from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
+from pretrain.parallel.grid import ParallelGrid, all_ranks_max, init_distributed, mean_over
+from pretrain.parallel.tensor_parallel import build_parallel_model, gather_full_state, rng_tracker
+from pretrain.runtime.device import pick_device
+from pretrain.runtime.logs import MetricsWriter, get_logger
+from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
+from pretrain.training.optim import lr_at, param_groups
+from pretrain.training.trainer import Trainer
 
 log = get_logger()
 # torch's gloo path inside DeepSpeed ZeRO warns on every step; the call is DeepSpeed's, not ours.
 warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*is "
                                            "deprecated")
 
-EXIT_REQUEUE = 75  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue and resume
-EXIT_ABORT = 3  # too many non-finite steps in a row: the last good checkpoint is kept
 
 
 def deepspeed_config(cfg: Config, derived: Derived, device: torch.device) -> Dict[str, Any]:
@@ -152,9 +151,9 @@ class DeepSpeedTrainer(Trainer):
 
     def _initial_weights(self) -> Optional[Dict[str, Any]]:
         path = self.cfg.train.init_from
-        if not path or checkpoint.latest(self.ckpt_dir) is not None:
+        if not path or store.latest(self.ckpt_dir) is not None:
             return None  # a checkpoint to resume from wins over init_from
-        from pretrain.export import read_export
+        from pretrain.checkpoints.exports import read_export
 
         log.info("initializing from export %s", path)
         return read_export(Path(path))
@@ -210,7 +209,7 @@ class DeepSpeedTrainer(Trainer):
             return {"loss": loss, "grad_norm": grad_norm, "skipped": True}
         self.step += 1
         self.bytes_seen += self.derived.global_batch_units * self.bytes_per_unit
-        return {"loss": loss, "bpb": loss / 0.6931471805599453 / self.bytes_per_unit, "lr": lr,
+        return {"loss": loss, "bpb": bits_per_byte(loss, self.bytes_per_unit), "lr": lr,
                 "grad_norm": grad_norm}
 
     def _stage0_grad_norm(self) -> float:
@@ -272,13 +271,13 @@ class DeepSpeedTrainer(Trainer):
 
     def save(self) -> Path:
         """DeepSpeed checkpoint + per-rank RNG/data state; ``latest`` moves after a barrier."""
-        tag = f"step_{self.step:08d}"
+        tag = store.step_name(self.step)
         client = {"step": self.step, "bytes_seen": self.bytes_seen,
                   "skipped_total": self.skipped_total, "world_size": self.world_size,
                   "tensor_parallel": self.grid.tp_size, "config": as_dict(self.cfg)}
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client,
                                     save_latest=False)
-        rank_state = {"rng": checkpoint.rng_state(), "tp_rng": rng_tracker().get_states(),
+        rank_state = {"rng": rng_state(), "tp_rng": rng_tracker().get_states(),
                       "data": self.train_data.state_dict()}
         target = self.ckpt_dir / tag / f"rank_{self.grid.rank:05d}.pt"
         tmp = target.with_suffix(".pt.tmp")
@@ -286,12 +285,8 @@ class DeepSpeedTrainer(Trainer):
         os.replace(tmp, target)
         dist.barrier()
         if self.is_main:
-            atomic_write_text(self.ckpt_dir / checkpoint.LATEST, tag + "\n")
-            kept = sorted(p for p in self.ckpt_dir.iterdir()
-                          if p.is_dir() and p.name.startswith("step_"))
-            for old in kept[:-self.cfg.checkpoint.keep_last]:
-                if old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
+            store.point_latest(self.ckpt_dir, tag)
+            store.prune(self.ckpt_dir, self.cfg.checkpoint.keep_last, tag)
             log.info("saved checkpoint %s", self.ckpt_dir / tag)
         dist.barrier()
         return self.ckpt_dir / tag
@@ -299,7 +294,7 @@ class DeepSpeedTrainer(Trainer):
     def maybe_resume(self) -> None:
         if not self.cfg.checkpoint.resume:
             return
-        pointer = self.ckpt_dir / checkpoint.LATEST
+        pointer = self.ckpt_dir / store.LATEST
         if not pointer.is_file():
             return
         tag = pointer.read_text().strip()
@@ -320,7 +315,7 @@ class DeepSpeedTrainer(Trainer):
         self.step, self.bytes_seen = client["step"], client["bytes_seen"]
         self.skipped_total = client.get("skipped_total", 0)
         state = torch.load(rank_file, map_location="cpu", weights_only=False)
-        checkpoint.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         rng_tracker().set_states(state["tp_rng"])
         self.train_data.load_state_dict(state["data"])
         log.info("resumed from %s at step %d", self.ckpt_dir / tag, self.step)

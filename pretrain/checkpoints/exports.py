@@ -1,0 +1,53 @@
+"""The export file: one fp32 safetensors file with plain single-process parameter names and the
+resolved config in its metadata (and as ``FILE.yaml`` beside it).
+
+It loads into the single-process model (``pretrain.inference.loading``) and starts a run at any
+layout (``train.init_from``). Writing it from a checkpoint is :mod:`pretrain.parallel.consolidate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from pretrain.config import atomic_write_text, config_from_dict, to_yaml
+
+
+def write_export(path: Path, weights: Dict[str, torch.Tensor], config: Dict[str, Any],
+                 meta: Optional[Dict[str, Any]] = None) -> Path:
+    """Atomically write fp32 ``weights`` + config metadata to ``path`` (and ``path``.yaml)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().contiguous().cpu() for k, v in weights.items()}
+    metadata = {"format": "pretrain-export-v1", "config": json.dumps(config),
+                "meta": json.dumps(meta or {})}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    atomic_write_text(path.with_name(path.name + ".yaml"), to_yaml(config_from_dict(config)))
+    return path
+
+
+def read_export(path: Path) -> Dict[str, Any]:
+    """``{"model": {name: tensor}, "config": dict, "meta": dict}`` from an export file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"export file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors export: {err}") from None
+    if metadata.get("format") != "pretrain-export-v1":
+        raise ValueError(f"{path} is not an export of this project (no pretrain-export-v1 metadata)")
+    return {"model": weights, "config": json.loads(metadata["config"]),
+            "meta": json.loads(metadata.get("meta", "{}"))}

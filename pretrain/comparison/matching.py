@@ -1,0 +1,149 @@
+"""Matched configs: MEGABYTE of a size class, then a byte and a subword Transformer whose
+*training FLOPs per byte* (the paper's formulas, :mod:`pretrain.model.flops`) are within
+:data:`MATCH_TOLERANCE` of MEGABYTE's; every model gets the same global batch in bytes and the
+same training bytes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from pretrain.config import Config, ModelConfig, StackConfig, load_config
+from pretrain.model.flops import flops_per_byte
+
+MATCH_TOLERANCE = 0.05
+# Interleaved streams of the shard loader: consecutive sequences of a batch come from different
+# parts of the corpus (with one stream a micro-batch would be one stretch of one file).
+LANES = 16
+
+# MEGABYTE per size class: (context T, patch P, global (D, L, H), local (D, L, H), micro-batch).
+SIZES: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(T=512, P=8, g=(256, 4, 4), l=(128, 2, 4), micro=8, lr=2e-3, budget=3_276_800),
+    "small": dict(T=2048, P=8, g=(512, 6, 8), l=(256, 4, 4), micro=8, lr=1e-3, budget=200_000_000),
+    "base": dict(T=8192, P=8, g=(1024, 12, 16), l=(512, 8, 8), micro=8, lr=6e-4,
+                 budget=5_000_000_000),
+    "arxiv": dict(T=8192, P=8, g=(2048, 14, 16), l=(1024, 18, 16), micro=1, lr=2e-4,
+                  budget=80_000_000_000),
+}
+
+
+@dataclass
+class MatchedRun:
+    """One model of the comparison."""
+
+    name: str
+    cfg: Config
+    train_flops_per_byte: float
+    params: int
+
+
+def megabyte_model(size: str) -> ModelConfig:
+    s = SIZES[size]
+    return ModelConfig(arch="megabyte", seq_len=s["T"], patch_size=s["P"],
+                       global_model=StackConfig(*s["g"]), local_model=StackConfig(*s["l"]),
+                       dropout=0.0)
+
+
+def transformer_context(size: str) -> int:
+    """Byte context of the Transformers: T/8 as in the paper's pairing, at least 512 bytes."""
+    T = SIZES[size]["T"]
+    return min(T, max(T // 8, 512))
+
+
+def match_transformer(target: float, seq_len: int, vocab: str, tokenizer: Optional[str],
+                      vocab_size: int, bytes_per_token: float, max_dim: int) -> ModelConfig:
+    """The Transformer shape whose training FLOPs per byte are closest to ``target``.
+
+    Candidates have widths in steps of 32 (head size 32 below 512, 64 from 512) and a usual
+    aspect ratio (32 <= width / layers <= 128) when one of those is within tolerance.
+    """
+    best: List[Tuple[int, float, int, ModelConfig]] = []
+    for dim in range(64, max_dim + 1, 32):
+        head = 32 if dim < 512 else 64
+        if dim % head:
+            continue
+        for layers in range(1, 65):
+            cfg = ModelConfig(arch="transformer", vocab=vocab, tokenizer=tokenizer, seq_len=seq_len,
+                              global_model=StackConfig(dim, layers, dim // head), dropout=0.0)
+            f = flops_per_byte(cfg, vocab_size, bytes_per_token, training=True)
+            rel = abs(f - target) / target
+            usual = 32 <= dim / layers <= 128
+            rank = 0 if rel <= MATCH_TOLERANCE and usual else 1 if rel <= MATCH_TOLERANCE else 2
+            best.append((rank, rel, -dim * dim * layers, cfg))
+    best.sort(key=lambda x: x[:3])
+    return best[0][3]
+
+
+def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int],
+                budget_flops: Optional[float], bytes_per_token: float, sp_vocab: int,
+                extra: List[str]) -> List[MatchedRun]:
+    """Configs for the three models at matched training FLOPs per byte and equal budgets."""
+    s = SIZES[size]
+    mb = megabyte_model(size)
+    target = flops_per_byte(mb, 259, training=True)
+    ctx = transformer_context(size)
+    tok_ctx = max(8, int(round(ctx / bytes_per_token / 8)) * 8)
+    models = {
+        "megabyte": mb,
+        "transformer_bytes": match_transformer(target, ctx, "bytes", None, 259, 1.0,
+                                               2 * mb.global_model.dim),
+        "transformer_subword": match_transformer(
+            target, tok_ctx, "sentencepiece", str(data_dir / "tokenizer.model"), sp_vocab + 3,
+            bytes_per_token, 2 * mb.global_model.dim),
+    }
+    batch_bytes = s["micro"] * s["T"]
+    budget = budget_bytes or (int(budget_flops / target) if budget_flops else s["budget"])
+    steps = max(1, math.ceil(budget / batch_bytes))
+    plans = []
+    for name, model in models.items():
+        seq_bytes = model.seq_len * (bytes_per_token if model.vocab == "sentencepiece" else 1.0)
+        micro = max(1, int(round(batch_bytes / seq_bytes)))
+        datasets = data_dir / ("tokens" if model.vocab == "sentencepiece" else "bytes")
+        overrides = [
+            f"run_dir={out / 'runs' / name}", f"model.arch={model.arch}",
+            f"model.vocab={model.vocab}", f"model.seq_len={model.seq_len}",
+            f"model.patch_size={model.patch_size}", "model.dropout=0.0",
+            f"model.global_model.dim={model.global_model.dim}",
+            f"model.global_model.layers={model.global_model.layers}",
+            f"model.global_model.heads={model.global_model.heads}",
+            f"model.local_model.dim={model.local_model.dim}",
+            f"model.local_model.layers={model.local_model.layers}",
+            f"model.local_model.heads={model.local_model.heads}",
+            "data.source=shards", f"data.datasets=[{datasets}]", "data.val_bytes=65536",
+            f"data.lanes={LANES}",
+            f"optim.lr={s['lr']}", f"optim.warmup_steps={min(500, max(10, steps // 10))}",
+            f"train.max_steps={steps}", f"train.micro_batch_size={micro}",
+            f"train.eval_interval={max(1, steps // 8)}", "train.sample_bytes=0",
+            f"checkpoint.interval={max(1, steps // 8)}", "checkpoint.keep_last=1",
+            f"logging.log_interval={max(1, steps // 50)}", "logging.progress_bar=true",
+        ]
+        if model.tokenizer:
+            overrides.append(f"model.tokenizer={model.tokenizer}")
+        cfg = load_config(None, overrides + list(extra))
+        f = flops_per_byte(cfg.model, 259 if model.vocab == "bytes" else sp_vocab + 3,
+                           bytes_per_token if model.vocab == "sentencepiece" else 1.0, training=True)
+        plans.append(MatchedRun(name, cfg, f, _count_params(cfg)))
+    return plans
+
+
+def _count_params(cfg: Config) -> int:
+    from data_prep.vocab import build_vocab
+    from pretrain.model import build_model, count_params
+
+    vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
+    return count_params(build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id))
+
+
+def bytes_per_token(manifest: Dict[str, Any]) -> float:
+    """Bytes per token of the train split from the token manifest."""
+    for key in ("bytes_per_token", "splits"):
+        if key in manifest:
+            value = manifest[key]
+            if isinstance(value, dict) and "train" in value:
+                value = value["train"]
+            if isinstance(value, dict):
+                value = value.get("bytes_per_token", value.get("bytes", 0) / max(value.get("tokens", 1), 1))
+            return float(value)
+    raise KeyError("the token manifest has no bytes-per-token figure")

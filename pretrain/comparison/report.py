@@ -1,0 +1,117 @@
+"""The comparison's outputs: gzip / xz reference points, word perplexity where the held-out
+bytes read like words, ``report.md`` and the two plots."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from pretrain.comparison.matching import MatchedRun
+from pretrain.config import atomic_write_text
+from pretrain.model.losses import word_perplexity
+
+
+def compressor_bpb(data: bytes) -> Dict[str, float]:
+    """gzip -9 and xz -6 sizes of ``data`` in bits per byte."""
+    return {"gzip -9": 8 * len(gzip.compress(data, compresslevel=9, mtime=0)) / len(data),
+            "xz -6": 8 * len(lzma.compress(data, preset=6)) / len(data)}
+
+
+MAX_BYTES_PER_WORD = 8.0  # prose is ~5-6 (PG-19: 5.93); source code and binary data are far above
+
+
+def bytes_per_word(text: bytes) -> Optional[float]:
+    """Bytes per whitespace-separated word, when the text reads like words (UTF-8, at most
+    ``MAX_BYTES_PER_WORD``); None otherwise, where word perplexity would mean nothing."""
+    try:
+        words = len(text.decode("utf-8").split())
+    except UnicodeDecodeError:
+        return None
+    if not words or len(text) / words > MAX_BYTES_PER_WORD:
+        return None
+    return len(text) / words
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def write_report(out: Path, plans: List[MatchedRun], trained: Dict[str, Dict[str, Any]],
+                 evals: Dict[str, Dict[str, Any]], refs: Dict[str, float], bpw: Optional[float],
+                 heldout_bytes: int, modes: List[str]) -> str:
+    head = ["model", "params", "train FLOPs/byte", "training bytes", "wall time", "bytes/s"]
+    head += [f"bpb {m}" for m in modes]
+    if bpw:
+        head.append("word ppl (best)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for plan in plans:
+        t, e = trained[plan.name], evals[plan.name]["results"]
+        row = [plan.name, f"{plan.params / 1e6:.2f}M", f"{plan.train_flops_per_byte / 1e6:.2f}M",
+               f"{t['bytes_seen'] / 1e6:.2f}M", f"{t['seconds'] / 60:.1f} min",
+               f"{t['bytes_seen'] / max(t['seconds'], 1e-9):.0f}"]
+        row += [f"{e[m]['bpb']:.4f}" if m in e else "n/a" for m in modes]
+        if bpw:
+            best = min(r["bpb"] for r in e.values())
+            row.append(f"{word_perplexity(best, bpw):.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    for name, bpb in refs.items():
+        row = [name, "-", "-", "-", "-", "-"] + [f"{bpb:.4f}"] + ["-"] * (len(modes) - 1)
+        if bpw:
+            row.append(f"{word_perplexity(bpb, bpw):.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    table = "\n".join(lines)
+    notes = [f"Held-out bytes: {heldout_bytes} (`heldout.bin`), the same for every model.",
+             "Training FLOPs per byte follow the paper's formulas (3x forward); budgets and global "
+             "batches are equal in bytes.",
+             "Strided inference applies to MEGABYTE only (n/a for the Transformers)."]
+    if bpw:
+        notes.append(f"Word perplexity = 2^(bpb x {bpw:.3f} bytes per whitespace-separated word).")
+    else:
+        notes.append("No word perplexity: the held-out bytes are not word-like text (not UTF-8, "
+                     f"or more than {MAX_BYTES_PER_WORD:g} bytes per whitespace-separated word).")
+    text = "# Compute-matched comparison\n\n" + table + "\n\n" + "\n".join(
+        f"* {n}" for n in notes) + "\n\n![validation](val_bpb_vs_flops.png)\n![loss](loss_curves.png)\n"
+    atomic_write_text(out / "report.md", text)
+    return table
+
+
+def plot(out: Path, plans: List[MatchedRun]) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for plan in plans:
+        run = Path(plan.cfg.run_dir)
+        vals = json.loads((run / "validation.json").read_text())
+        ax.plot([v["train_flops"] for v in vals], [v["val_bpb"] for v in vals], marker="o",
+                label=plan.name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title("Validation bits per byte against training compute")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(str(out / "val_bpb_vs_flops.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for plan in plans:
+        run = Path(plan.cfg.run_dir)
+        hist = [h for h in json.loads((run / "history.json").read_text()) if "bpb" in h]
+        ax.plot([h["step"] for h in hist], [h["bpb"] for h in hist], label=plan.name)
+    ax.set_xlabel("step (equal bytes per step for every model)")
+    ax.set_ylabel("training bits per byte")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(str(out / "loss_curves.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,119 @@
+"""Loading: ``merge(structured(Config), yaml, dotlist overrides)``, then :func:`validate`.
+
+omegaconf rejects unknown keys and wrong types; every failure becomes a :class:`ConfigError`
+whose message is one line naming the key. Also the ways a resolved config leaves the process
+(YAML beside a run, a plain dict in checkpoints) and the shared ``--config`` CLI arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_prep.atomic import atomic_write_text
+from pretrain.config.derived import Derived
+from pretrain.config.schema import DEFAULT_CONFIG, REPO_ROOT, Config, ConfigError
+from pretrain.config.validation import validate
+
+
+def _omegaconf_error(err: OmegaConfBaseException, origin: str) -> ConfigError:
+    """Turn an omegaconf exception into one line naming the key."""
+    key = getattr(err, "full_key", None) or ""
+    msg = str(getattr(err, "msg", None) or err).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return ConfigError(f"config error ({origin}): {key}: unknown key")
+    if "Value '" in msg or "could not be converted" in msg or "Invalid type" in msg:
+        value = msg.split("Value '", 1)[1].split("'", 1)[0] if "Value '" in msg else None
+        want = ""
+        if " to " in msg:
+            want = " (expected " + msg.rsplit(" to ", 1)[1].strip().rstrip(".") + ")"
+        shown = f" {value!r}" if value is not None else ""
+        return ConfigError(f"config error ({origin}): {key}: wrong type{shown}{want}")
+    return ConfigError(f"config error ({origin}): {key or '<root>'}: {msg}")
+
+
+def load_config(path: Optional[os.PathLike | str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (default: the quick-start preset), apply ``key=value`` overrides, validate.
+
+    Raises :class:`ConfigError` with a one-line message on any problem.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"config error: cannot read {path}: {err.strerror or err}") from None
+    try:
+        from_file = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except Exception as err:  # yaml parse errors come in several types
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None
+    if not isinstance(from_file, DictConfig):
+        raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+    return _build(from_file, str(path), overrides)
+
+
+def config_from_dict(values: dict, overrides: Sequence[str] = (), origin: str = "saved config"
+                     ) -> Config:
+    """Validate a plain dict (e.g. the config stored in a checkpoint), with overrides."""
+    return _build(OmegaConf.create(values), origin, overrides)
+
+
+def _build(from_file: DictConfig, origin: str, overrides: Sequence[str]) -> Config:
+    schema = OmegaConf.structured(Config)
+    path = origin
+    try:
+        merged = OmegaConf.merge(schema, from_file)
+    except OmegaConfBaseException as err:
+        raise _omegaconf_error(err, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: override {item!r} is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise _omegaconf_error(err, f"override {item!r}") from None
+        except Exception as err:  # YAML errors in the value (e.g. a NUL byte, a bad flow list)
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"config error: override {item!r} is not valid YAML: {first}") from None
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _omegaconf_error(err, str(path)) from None
+    validate(cfg)
+    return cfg
+
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what every run saves next to its outputs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_resolved(cfg: Config, run_dir: os.PathLike | str, derived: Optional[Derived] = None) -> Path:
+    """Atomically write ``config.yaml`` (and the derived values as comments) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = to_yaml(cfg)
+    if derived is not None:
+        text += "# derived:\n" + "".join(
+            f"#   {k}: {v}\n" for k, v in dataclasses.asdict(derived).items())
+    return atomic_write_text(run_dir / "config.yaml", text)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the config (for checkpoints and JSON output)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def add_config_args(parser: Any) -> None:
+    """Add the shared ``--config`` option and ``key=value`` overrides to an argparse parser."""
+    parser.add_argument("--config", default=None,
+                        help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides in dotted form, e.g. model.seq_len=1024")
+

@@ -1,0 +1,28 @@
+"""How training processes start and end: the exit codes launchers read, and the one torchrun
+command line every multi-process start (compare, export, the local launcher, benchmarks) uses."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Sequence
+
+EXIT_REQUEUE = 75
+"""Stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue, and the run resumes."""
+EXIT_ABORT = 3
+"""Too many non-finite steps in a row: the last good checkpoint is kept."""
+
+
+def torchrun_command(nproc: int, module: str, args: Sequence[str] = (), python: str = sys.executable,
+                     extra: Sequence[str] = ()) -> List[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=N [extra] -m MODULE ARGS``
+    (a single-host rendezvous; ``extra`` are torchrun's own options)."""
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            *extra, "-m", module, *args]
+
+
+def python_module_command(nproc: int, module: str, args: Sequence[str] = (),
+                          python: str = sys.executable) -> List[str]:
+    """``MODULE ARGS`` in one process, or under :func:`torchrun_command` when ``nproc > 1``."""
+    if nproc > 1:
+        return torchrun_command(nproc, module, args, python)
+    return [python, "-m", module, *list(args)]
