@@ -100,7 +100,7 @@ def train_step_rate(fast: bool) -> Dict[str, Any]:
             "bytes_per_s": round(x.numel() / sec, 1)}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, default=None, help="corpus directory (default: Python's stdlib)")
@@ -111,8 +111,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="prep processes and loader DataLoader workers")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--fast", action="store_true", help="a few MB of input, 2 repeats (for tests)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+
+def measure(args: argparse.Namespace) -> Dict[str, Any]:
+    """Prepare the corpus, then read it with stock webdataset and the loader, alternating."""
     from data_prep.bytes import PrepOptions, parse_size, prepare
     from data_prep.sources import STDLIB_EXCLUDE, stdlib_dir
     from pretrain.data.shard_loader import open_dataset
@@ -153,6 +157,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    return {"summary": summary, "ds": ds, "prep_s": prep_s, "stock": stock, "ours": ours,
+            "ours_w": ours_w, "ratios": ratios, "step": step, "corpus": corpus, "seq_len": seq_len,
+            "repeats": repeats}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    m = measure(args)
+    summary, ds, prep_s, step = m["summary"], m["ds"], m["prep_s"], m["step"]
+    stock, ours, ours_w, ratios = m["stock"], m["ours"], m["ours_w"], m["ratios"]
+    corpus, seq_len, repeats = m["corpus"], m["seq_len"], m["repeats"]
     best_stock, best_ours, best_w = max(stock), max(ours), max(ours_w)
     result = {
         "corpus": corpus, "input_files": summary["input_files"], "input_bytes": summary["input_bytes"],
@@ -183,6 +198,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"loader / training step = {result['loader_over_train_step']}x", file=sys.stderr)
     print(json.dumps(result))
     return 0
+
+
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from data_prep.shards import (
     SPLITS,
     VERSION,
     SplitWriter,
-    read_manifest,
+    finished_manifest,
     remove_stale,
     split_payload,
     write_manifest,
@@ -291,24 +291,6 @@ def fingerprint(inputs: Sequence[Path], files: List[InputFile], opts: PrepOption
     return h.hexdigest()
 
 
-def _unchanged(out_dir: Path, fp: str) -> Optional[Dict[str, Any]]:
-    """The existing manifest if it was made from the same inputs and options and every shard is
-    present with its recorded size."""
-    if not (out_dir / MANIFEST).is_file():
-        return None
-    try:
-        manifest = read_manifest(out_dir)
-    except ValueError:
-        return None
-    if manifest.get("fingerprint") != fp or manifest.get("kind") != "bytes":
-        return None
-    for rec in manifest["shards"]:
-        p = out_dir / rec["name"]
-        if not p.is_file() or p.stat().st_size != rec["file_bytes"]:
-            return None
-    return manifest
-
-
 class _BadInputs:
     """Counts bad input; raises unless the kind is skipped."""
 
@@ -350,7 +332,7 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
                         f"(include {list(opts.include) or 'all'}, exclude {list(opts.exclude)})")
     fp = fingerprint(inputs, files, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    existing = _unchanged(out_dir, fp)
+    existing = finished_manifest(out_dir, fp, "bytes")
     if existing is not None:
         return _summary(existing, out_dir, "unchanged", time.perf_counter() - t0)
 

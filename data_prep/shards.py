@@ -114,6 +114,25 @@ def read_manifest(directory: Path) -> Dict[str, Any]:
     return manifest
 
 
+def finished_manifest(out_dir: Path, fingerprint: str, kind: str) -> Optional[Dict[str, Any]]:
+    """The manifest in ``out_dir`` if it was made from the same inputs and options
+    (``fingerprint``), holds ``kind`` shards, and every shard it names is present with its
+    recorded size; else None (the output must be written again)."""
+    if not (out_dir / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(out_dir)
+    except ValueError:
+        return None
+    if manifest.get("fingerprint") != fingerprint or manifest.get("kind") != kind:
+        return None
+    for rec in manifest["shards"]:
+        path = out_dir / rec["name"]
+        if not path.is_file() or path.stat().st_size != rec["file_bytes"]:
+            return None
+    return manifest
+
+
 def shard_records(manifest: Dict[str, Any], split: str) -> List[Dict[str, Any]]:
     """The manifest's records of the shards of ``split``, in name order."""
     return [s for s in manifest["shards"] if s["split"] == split]

@@ -196,17 +196,14 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
                      skip_invalid_utf8: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Write token shards of every split of the byte dataset ``dataset`` into ``out_dir``."""
     import hashlib
-    import multiprocessing
     import time
-
-    from tqdm import tqdm
 
     from data_prep.shards import (
         FORMAT,
         MANIFEST,
         SHARD_RE,
-        SPLITS,
         VERSION,
+        finished_manifest,
         read_manifest,
         remove_stale,
         sha256_file,
@@ -230,15 +227,9 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
                                     options], sort_keys=True).encode()).hexdigest()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / MANIFEST).is_file():
-        try:
-            old = read_manifest(out_dir)
-            present = all((out_dir / r["name"]).is_file()
-                          and (out_dir / r["name"]).stat().st_size == r["file_bytes"] for r in old["shards"])
-            if old.get("fingerprint") == fp and present:
-                return _token_summary(old, out_dir, "unchanged", time.perf_counter() - t0)
-        except ValueError:
-            pass
+    old = finished_manifest(out_dir, fp, "tokens")
+    if old is not None:
+        return _token_summary(old, out_dir, "unchanged", time.perf_counter() - t0)
     (out_dir / MANIFEST).unlink(missing_ok=True)
     remove_stale(out_dir, keep=tuple(p.name for p in out_dir.iterdir()))
 
@@ -249,7 +240,30 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         tasks.append((str(Path(dataset) / rec["name"]), str(out_dir), rec["name"], rec["split"],
                       int(m.group(2)), str(model_path), dtype, max_sample, skip_invalid_utf8,
                       rec["samples"]))
-    bar = tqdm(total=sum(r["bytes"] for r in src["shards"]), unit="B", unit_scale=True, unit_divisor=1024,
+    records, skipped = _run_tasks(tasks, workers, sum(r["bytes"] for r in src["shards"]), progress)
+    splits = _split_stats(records)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "kind": "tokens", "created_by": "data_prep.tokenizer",
+        "fingerprint": fp, "dtype": dtype, "options": options,
+        "tokenizer": {"path": str(model_path), "sha256": tok_sha, "pieces": vocab.sp.get_piece_size(),
+                      "vocab_size": vocab.vocab_size},
+        "source": {"path": str(Path(dataset).resolve()), "fingerprint": src["fingerprint"]},
+        "splits": splits, "shards": records,
+        "bad_input": {"counts": {"invalid_utf8": len(skipped)}, "examples": skipped[:100]},
+    }
+    write_manifest(out_dir, manifest)
+    remove_stale(out_dir, keep=tuple(r["name"] for r in records))
+    return _token_summary(manifest, out_dir, "written", time.perf_counter() - t0)
+
+
+def _run_tasks(tasks: List[Tuple], workers: int, total_bytes: int, progress: bool
+               ) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Tokenize every shard (in a pool when ``workers`` > 1): shard records and skipped documents."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                desc="tokenize", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     records: List[Dict[str, Any]] = []
     skipped: List[str] = []
@@ -276,6 +290,13 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
                     take(result)
     finally:
         bar.close()
+    return records, skipped
+
+
+def _split_stats(records: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Documents, bytes, tokens, samples, shards and bytes per token of each split."""
+    from data_prep.shards import SPLITS
+
     splits = {}
     for s in SPLITS:
         recs = [r for r in records if r["split"] == s]
@@ -283,18 +304,7 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         splits[s] = {"docs": sum(r["docs"] for r in recs), "bytes": n_bytes, "tokens": n_tokens,
                      "samples": sum(r["samples"] for r in recs), "shards": len(recs),
                      "bytes_per_token": round(n_bytes / n_tokens, 6) if n_tokens else None}
-    manifest = {
-        "format": FORMAT, "version": VERSION, "kind": "tokens", "created_by": "data_prep.tokenizer",
-        "fingerprint": fp, "dtype": dtype, "options": options,
-        "tokenizer": {"path": str(model_path), "sha256": tok_sha, "pieces": vocab.sp.get_piece_size(),
-                      "vocab_size": vocab.vocab_size},
-        "source": {"path": str(Path(dataset).resolve()), "fingerprint": src["fingerprint"]},
-        "splits": splits, "shards": records,
-        "bad_input": {"counts": {"invalid_utf8": len(skipped)}, "examples": skipped[:100]},
-    }
-    write_manifest(out_dir, manifest)
-    remove_stale(out_dir, keep=tuple(r["name"] for r in records))
-    return _token_summary(manifest, out_dir, "written", time.perf_counter() - t0)
+    return splits
 
 
 def _token_summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: float) -> Dict[str, Any]:

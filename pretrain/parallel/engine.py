@@ -25,17 +25,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data_prep.vocab import build_vocab
 from pretrain.checkpoints import store
-from pretrain.config import Config, Derived, as_dict
-from pretrain.data import build_data
-from pretrain.model import build_model, count_params, flops_per_byte
+from pretrain.config import Config, Derived, as_dict, derive
+from pretrain.model import build_model, count_params
 from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
 from pretrain.parallel.grid import ParallelGrid, all_ranks_max, init_distributed, mean_over
 from pretrain.parallel.tensor_parallel import build_parallel_model, gather_full_state, rng_tracker
 from pretrain.runtime.device import pick_device
-from pretrain.runtime.logs import MetricsWriter, get_logger
-from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
+from pretrain.runtime.logs import get_logger
+from pretrain.runtime.rng import rng_state, set_rng_state
 from pretrain.training.optim import lr_at, param_groups
 from pretrain.training.trainer import Trainer
 
@@ -85,35 +83,44 @@ class LossModule(nn.Module):
 class DeepSpeedTrainer(Trainer):
     """ZeRO + TP training on any number of processes (gloo on CPU, nccl on GPU)."""
 
-    def __init__(self, cfg: Config, world_size_hint: Optional[int] = None) -> None:
-        import deepspeed
-
-        self.cfg = cfg
-        self.device = pick_device(cfg.train.device)
-        if self.device.type == "cpu":
+    def __init__(self, cfg: Config) -> None:
+        device = pick_device(cfg.train.device)
+        if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        init_distributed(self.device.type)
+        init_distributed(device.type)
         self.grid = grid = ParallelGrid(cfg.parallel.tensor_parallel)
-        from pretrain.config import derive
-
-        self.derived = derived = derive(cfg, grid.world_size)
-        self.world_size, self.is_main = grid.world_size, grid.rank == 0
-        if not self.is_main:
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        if grid.rank != 0:
             log.setLevel(logging.WARNING)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self.run_dir = Path(cfg.run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.amp = None  # DeepSpeed casts the model itself when bf16 is on
-        seed_everything(cfg.train.seed)
+        self._stop_signal: Optional[int] = None
+        self._sampler_model: Optional[nn.Module] = None
+        self._stage0_applied, self._undo_scheduler = True, 0
+        # The single-process construction, with the steps below swapped in.
+        super().__init__(cfg, derive(cfg, grid.world_size), device, grid.rank)
+        if cfg.parallel.zero_stage == 0:
+            self._guard_stage0_optimizer()
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    # ------------------------------------------------------------------ construction steps
+
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return None  # DeepSpeed casts the model itself when bf16 is on
+
+    def has_checkpoint(self) -> bool:
+        return (self.ckpt_dir / store.LATEST).is_file()
+
+    def build_model(self, weights: Optional[Dict[str, torch.Tensor]]) -> None:
+        """The TP x ZeRO model (:func:`build_parallel_model`) inside ``deepspeed.initialize``."""
+        import deepspeed
+
+        cfg, grid = self.cfg, self.grid
         deepspeed.checkpointing.configure(grid, partition_activations=False)
-        self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
-        self.ds_config = deepspeed_config(cfg, derived, self.device)
-        full_state = self._initial_weights()
+        self.ds_config = deepspeed_config(cfg, self.derived, self.device)
         model = build_parallel_model(cfg, self.vocab.vocab_size, self.vocab.pad_id,
-                                     self.vocab.bos_id, grid, self.ds_config,
-                                     full_state.get("model") if full_state else None)
+                                     self.vocab.bos_id, grid, self.ds_config, weights)
         # Default RNG stream: same on TP peers; TP stream: seed + 2718 + tp_rank (Megatron's).
         deepspeed.checkpointing.model_parallel_cuda_manual_seed(cfg.train.seed)
         o, max_steps = cfg.optim, cfg.train.max_steps
@@ -122,41 +129,21 @@ class DeepSpeedTrainer(Trainer):
             return torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s: lr_at(s, o, max_steps) / o.lr)
 
-        self.engine, _, _, _ = deepspeed.initialize(
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=LossModule(model, self.vocab.pad_id), model_parameters=param_groups(model, o.weight_decay),
             config=self.ds_config, mpu=grid, lr_scheduler=schedule)
         self.model = model
-        if cfg.parallel.zero_stage == 0:
-            self._guard_stage0_optimizer()
-        data = build_data(cfg, self.vocab, derived.micro_batch_size, grid.dp_rank, grid.dp_size)
-        self.train_data, self.val_text = data.train, data.val_text
-        self.bytes_per_unit = data.bytes_per_unit
-        self.n_params = count_params(model) if cfg.parallel.zero_stage < 3 else sum(
-            p.ds_numel for p in model.parameters())
-        self.train_flops_per_byte = flops_per_byte(cfg.model, self.vocab.vocab_size,
-                                                   self.bytes_per_unit, training=True)
-        log.info("%s | %s | ZeRO-%d, %s, %.2fM parameters per TP rank", data.description, grid,
-                 cfg.parallel.zero_stage, self.device, self.n_params / 1e6)
-        self.step, self.bytes_seen = 0, 0.0
-        self.skipped_total = self.skipped_in_a_row = 0
-        self._nan_injected = False
-        if full_state and cfg.train.init_continue:
-            self.continue_from_export(full_state["meta"])
-        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
-        self._stop_signal: Optional[int] = None
-        self._sampler_model: Optional[nn.Module] = None
-        self._stage0_applied, self._undo_scheduler = True, 0
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
 
-    def _initial_weights(self) -> Optional[Dict[str, Any]]:
-        path = self.cfg.train.init_from
-        if not path or store.latest(self.ckpt_dir) is not None:
-            return None  # a checkpoint to resume from wins over init_from
-        from pretrain.checkpoints.exports import read_export
+    def data_coordinates(self) -> tuple:
+        return self.grid.dp_rank, self.grid.dp_size
 
-        log.info("initializing from export %s", path)
-        return read_export(Path(path))
+    def parameter_count(self) -> int:
+        if self.cfg.parallel.zero_stage < 3:
+            return count_params(self.model)
+        return sum(p.ds_numel for p in self.model.parameters())
+
+    def layout(self) -> str:
+        return f" per TP rank ({self.grid}, ZeRO-{self.cfg.parallel.zero_stage})"
 
     def continue_from_export(self, meta: Dict[str, Any]) -> None:
         """Take over the export's step, bytes seen and data position; move the LR schedule there."""

@@ -37,42 +37,78 @@ log = get_logger()
 class Trainer:
     """Builds model, optimizer, data, evaluation and checkpointing from one config."""
 
-    def __init__(self, cfg: Config, derived: Derived) -> None:
+    def __init__(self, cfg: Config, derived: Derived, device: Optional[torch.device] = None,
+                 rank: int = 0) -> None:
         self.cfg, self.derived = cfg, derived
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = pick_device(cfg.train.device)
-        self.amp = torch.bfloat16 if cfg.train.dtype == "bf16" else None
+        self.device = device or pick_device(cfg.train.device)
+        self.is_main, self.world_size = rank == 0, derived.world_size
+        self.amp = self.autocast_dtype()
         seed_everything(cfg.train.seed)
         self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
-        self.model = build_model(cfg.model, self.vocab.vocab_size, self.vocab.pad_id,
-                                 self.vocab.bos_id).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        exported = self.initial_weights()
+        self.build_model(exported["model"] if exported else None)
         t0 = time.perf_counter()
-        data = build_data(cfg, self.vocab, derived.micro_batch_size)
+        data = build_data(cfg, self.vocab, derived.micro_batch_size, *self.data_coordinates())
         self.train_data, self.val_text = data.train, data.val_text
         self.bytes_per_unit = data.bytes_per_unit  # 1.0 for byte models
         log.info("%s; loaded in %.1fs", data.description, time.perf_counter() - t0)
-        self.n_params = count_params(self.model)
+        self.n_params = self.parameter_count()
         self.train_flops_per_byte = flops_per_byte(cfg.model, self.vocab.vocab_size,
                                                    self.bytes_per_unit, training=True)
-        log.info("model %s: %.2fM parameters, %.2f MFLOP/byte forward; device %s, %s",
-                 cfg.model.arch, self.n_params / 1e6, self.train_flops_per_byte / 3e6,
+        log.info("model %s: %.2fM parameters%s, %.2f MFLOP/byte forward; device %s, %s",
+                 cfg.model.arch, self.n_params / 1e6, self.layout(), self.train_flops_per_byte / 3e6,
                  self.device, cfg.train.dtype)
         self.step = 0
         self.bytes_seen = 0.0
         self.skipped_total = self.skipped_in_a_row = 0
-        self.is_main, self.world_size = True, 1
         self._nan_injected = False
-        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard)
-        if cfg.train.init_from and store.latest(self.ckpt_dir) is None:
-            from pretrain.checkpoints.exports import read_export
+        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
+        if exported is not None and cfg.train.init_continue:
+            self.continue_from_export(exported["meta"])
 
-            exported = read_export(Path(cfg.train.init_from))
-            self.model.load_state_dict(exported["model"])
-            log.info("initialized from export %s", cfg.train.init_from)
-            if cfg.train.init_continue:
-                self.continue_from_export(exported["meta"])
+    # ------------------------------------------------------------------ construction steps
+    # The distributed engine overrides these (and only these) to build the same trainer.
+
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        """bf16 autocast in the single-process loop (the engine casts the model itself)."""
+        return torch.bfloat16 if self.cfg.train.dtype == "bf16" else None
+
+    def initial_weights(self) -> Optional[Dict[str, Any]]:
+        """The export named by ``train.init_from`` (``{"model", "config", "meta"}``), unless a
+        checkpoint to resume from exists (it wins)."""
+        path = self.cfg.train.init_from
+        if not path or self.has_checkpoint():
+            return None
+        from pretrain.checkpoints.exports import read_export
+
+        log.info("initializing from export %s", path)
+        return read_export(Path(path))
+
+    def has_checkpoint(self) -> bool:
+        """Whether ``checkpoints/latest`` exists (a dangling pointer is an error)."""
+        return store.latest(self.ckpt_dir) is not None
+
+    def build_model(self, weights: Optional[Dict[str, torch.Tensor]]) -> None:
+        """Set ``self.model`` (initialized from ``weights`` when given) and ``self.optimizer``."""
+        self.model = build_model(self.cfg.model, self.vocab.vocab_size, self.vocab.pad_id,
+                                 self.vocab.bos_id).to(self.device)
+        if weights is not None:
+            self.model.load_state_dict(weights)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+
+    def data_coordinates(self) -> tuple:
+        """(data-parallel rank, data-parallel size) of this process."""
+        return 0, 1
+
+    def parameter_count(self) -> int:
+        """Parameters this process holds."""
+        return count_params(self.model)
+
+    def layout(self) -> str:
+        """How the model is laid out over processes (for the start-up log line)."""
+        return ""
 
     # ------------------------------------------------------------------ components
 
@@ -187,7 +223,7 @@ class Trainer:
         if self.is_main:
             save_resolved(cfg, self.run_dir, self.derived)
         self.maybe_resume()
-        peak = self.measure_peak()
+        meter = _Throughput(self.bytes_seen, self.measure_peak())
         t_start = time.perf_counter()
         deadline = t_start + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
         bar = _progress(cfg, self.step, enabled=self.is_main)
@@ -195,81 +231,86 @@ class Trainer:
         # run keeps the entries of the run it continues.
         history = self._earlier("history.json")
         validations = self._earlier("validation.json")
-        window_t, window_bytes, window_steps = time.perf_counter(), self.bytes_seen, 0
         val: Dict[str, float] = {}
         stop_reason = "max_steps"
         while self.step < cfg.train.max_steps:
             stats = self.train_step()
             if stats.get("skipped"):
-                self.skipped_total += 1
-                self.skipped_in_a_row += 1
-                self._say(f"step {self.step + 1}: non-finite loss or gradient "
-                          f"({stats['loss']}); update skipped ({self.skipped_in_a_row} in a row, "
-                          f"{self.skipped_total} in total)")
-                self.metrics.scalars(self.step, {"skipped_steps": self.skipped_total}, "train/")
-                if self.skipped_in_a_row > cfg.train.max_skipped_in_a_row:
-                    raise TrainingAborted(
-                        f"{self.skipped_in_a_row} non-finite steps in a row (train."
-                        f"max_skipped_in_a_row={cfg.train.max_skipped_in_a_row}); the last good "
-                        f"checkpoint is left as it was")
+                self._count_skip(stats)
                 if self.should_stop():
                     stop_reason = "signal"
                     self.save()
                     break
                 continue
             self.skipped_in_a_row = 0
-            window_steps += 1
+            meter.steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", bpb=f"{stats['bpb']:.3f}")
             if self.step % cfg.logging.log_interval == 0 or self.step == cfg.train.max_steps:
-                now = time.perf_counter()
-                bps = (self.bytes_seen - window_bytes) / max(now - window_t, 1e-9)
-                flops = bps * self.train_flops_per_byte
-                stats.update(bytes_per_s=bps, units_per_s=bps / self.bytes_per_unit,
-                             seconds_per_step=(now - window_t) / max(window_steps, 1),
-                             model_tflops=flops / 1e12, mfu=flops / peak,
-                             memory_gb=memory_gb(self.device))
-                window_t, window_bytes, window_steps = now, self.bytes_seen, 0
-                self.metrics.scalars(self.step, stats, "train/")
-                history.append({"step": self.step, **stats})
-                self._say(format_metrics(self.step, cfg.train.max_steps, stats))
+                history.append(self._log_step(stats, meter))
             timed_out = deadline is not None and time.perf_counter() > deadline
             last = self.step == cfg.train.max_steps or timed_out
             if last or (cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0):
-                val = self.evaluate()
-                self.metrics.scalars(self.step, val, "val/")
-                validations.append({"step": self.step, "val_bpb": val["bpb"],
-                                    "bytes_seen": self.bytes_seen,
-                                    "train_flops": self.bytes_seen * self.train_flops_per_byte})
-                self._say(f"step {self.step}: validation {val['bpb']:.4f} bits per byte "
-                          f"over {val['bytes']} held-out bytes")
-                sample = self.sample()
-                if sample is not None:
-                    self.metrics.text(self.step, "samples", sample)
-                    self._say("sample: " + repr(sample[:200]))
+                val = self._validate(validations)
             stop = self.should_stop()
             if last or stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
                 self.save()
-            if stop:
-                stop_reason = "signal"
-                log.info("stopping at step %d: stop signal received; checkpoint saved", self.step)
-                break
-            if timed_out:
-                stop_reason = "max_minutes"
-                log.info("stopping at step %d: train.max_minutes=%s reached", self.step,
-                         cfg.train.max_minutes)
+            if stop or timed_out:
+                stop_reason = "signal" if stop else "max_minutes"
+                log.info("stopping at step %d: %s", self.step, "stop signal received; checkpoint "
+                         "saved" if stop else f"train.max_minutes={cfg.train.max_minutes} reached")
                 break
         bar.close()
         if not val:  # resumed at max_steps or stopped early: still report a validation number
             val = self.evaluate()
         self.metrics.close()
-        result = {"run_dir": str(self.run_dir), "arch": cfg.model.arch, "steps": self.step,
+        return self._finish(stop_reason, val, history, validations, time.perf_counter() - t_start)
+
+    def _count_skip(self, stats: Dict[str, Any]) -> None:
+        """A skipped (non-finite) update: log and count it; abort after too many in a row."""
+        self.skipped_total += 1
+        self.skipped_in_a_row += 1
+        self._say(f"step {self.step + 1}: non-finite loss or gradient ({stats['loss']}); update "
+                  f"skipped ({self.skipped_in_a_row} in a row, {self.skipped_total} in total)")
+        self.metrics.scalars(self.step, {"skipped_steps": self.skipped_total}, "train/")
+        limit = self.cfg.train.max_skipped_in_a_row
+        if self.skipped_in_a_row > limit:
+            raise TrainingAborted(f"{self.skipped_in_a_row} non-finite steps in a row (train."
+                                  f"max_skipped_in_a_row={limit}); the last good checkpoint is "
+                                  "left as it was")
+
+    def _log_step(self, stats: Dict[str, Any], meter: _Throughput) -> Dict[str, Any]:
+        """Add throughput, MFU and memory to ``stats``, write them out; the history entry."""
+        stats.update(meter.window(self.bytes_seen, self.train_flops_per_byte, self.bytes_per_unit),
+                     memory_gb=memory_gb(self.device))
+        self.metrics.scalars(self.step, stats, "train/")
+        self._say(format_metrics(self.step, self.cfg.train.max_steps, stats))
+        return {"step": self.step, **stats}
+
+    def _validate(self, validations: List[Dict[str, Any]]) -> Dict[str, float]:
+        """Validation bits per byte (logged, appended to ``validations``) and a sample."""
+        val = self.evaluate()
+        self.metrics.scalars(self.step, val, "val/")
+        validations.append({"step": self.step, "val_bpb": val["bpb"], "bytes_seen": self.bytes_seen,
+                            "train_flops": self.bytes_seen * self.train_flops_per_byte})
+        self._say(f"step {self.step}: validation {val['bpb']:.4f} bits per byte over {val['bytes']} "
+                  "held-out bytes")
+        sample = self.sample()
+        if sample is not None:
+            self.metrics.text(self.step, "samples", sample)
+            self._say("sample: " + repr(sample[:200]))
+        return val
+
+    def _finish(self, stop_reason: str, val: Dict[str, float], history: List[Dict[str, Any]],
+                validations: List[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
+        """Write ``results.json``, the histories and ``stop_reason`` (rank 0); the results."""
+        result = {"run_dir": str(self.run_dir), "arch": self.cfg.model.arch, "steps": self.step,
                   "stop_reason": stop_reason, "val_bpb": val["bpb"], "val_bytes": val["bytes"],
                   "train_loss": history[-1]["loss"] if history else None,
                   "skipped_steps": self.skipped_total,
                   "bytes_seen": self.bytes_seen, "parameters": self.n_params,
                   "train_flops_per_byte": self.train_flops_per_byte,
-                  "world_size": self.world_size, "seconds": time.perf_counter() - t_start}
+                  "world_size": self.world_size, "seconds": seconds}
         if self.is_main:
             atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
             atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
@@ -291,6 +332,23 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.is_main:
             _say(message)
+
+
+class _Throughput:
+    """Bytes per second, FLOP/s and MFU over the window since the last logged step."""
+
+    def __init__(self, bytes_seen: float, peak_flops: float) -> None:
+        self.t, self.bytes, self.steps, self.peak = time.perf_counter(), bytes_seen, 0, peak_flops
+
+    def window(self, bytes_seen: float, flops_per_byte: float, bytes_per_unit: float
+               ) -> Dict[str, float]:
+        now = time.perf_counter()
+        bps = (bytes_seen - self.bytes) / max(now - self.t, 1e-9)
+        out = {"bytes_per_s": bps, "units_per_s": bps / bytes_per_unit,
+               "seconds_per_step": (now - self.t) / max(self.steps, 1),
+               "model_tflops": bps * flops_per_byte / 1e12, "mfu": bps * flops_per_byte / self.peak}
+        self.t, self.bytes, self.steps = now, bytes_seen, 0
+        return out
 
 
 class TrainingAborted(RuntimeError):
