@@ -20,7 +20,8 @@ from typing import List, Optional
 from pretrain.config import ConfigError
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(prog="python -m pretrain.evaluate",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,29 +39,36 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "held-out split, everything for --files)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    args = parser.parse_args(argv)
+    return parser
 
-    from pretrain.data import load_corpus
+
+def read_files(files: List[Path]) -> bytes:
+    """The files' bytes, concatenated; an unreadable file is an error naming it."""
+    text = b""
+    for f in files:
+        try:
+            text += f.read_bytes()
+        except OSError as err:
+            raise OSError(f"cannot read {f}: {err.strerror or err}") from None
+    return text
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    from pretrain.data import validation_text
     from pretrain.inference.evaluation import evaluate_bytes
     from pretrain.inference.loading import load_for_inference
 
     try:
         cfg, model, vocab = load_for_inference(args.checkpoint, args.overrides)
         if args.files:
-            text = b""
-            for f in args.files:
-                try:
-                    text += f.read_bytes()
-                except OSError as err:
-                    raise OSError(f"cannot read {f}: {err.strerror or err}") from None
+            text = read_files(args.files)
             source = [str(f) for f in args.files]
-            limit = args.max_bytes
+            text = text[:args.max_bytes] if args.max_bytes else text
         else:
-            text = load_corpus(cfg.data).val
+            text = validation_text(cfg, vocab, args.max_bytes or cfg.data.val_bytes)
             source = f"held-out split of data.source={cfg.data.source}"
-            limit = args.max_bytes or cfg.data.val_bytes
-        if limit:
-            text = text[:limit]
         if not text:
             raise ValueError("nothing to evaluate: the text is empty")
         patch = cfg.model.patch_size if cfg.model.arch == "megabyte" else None

@@ -89,6 +89,30 @@ def test_numbers_equal_the_evaluate_command(compared):
             assert got[mode]["bytes"] == summary["heldout_bytes"]
 
 
+def test_readme_evaluate_and_generate_commands_on_a_compare_run(compared):
+    """The README's commands on ``OUT/runs/NAME`` (a run trained on shards): evaluate scores the
+    run's own validation split without --files (the same bytes compare held out), generate runs."""
+    out, summary, _ = compared
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = out / "runs" / "megabyte"
+    assert summary["models"]["megabyte"]["run_dir"] == str(run)
+    proc = subprocess.run([sys.executable, "-m", "pretrain.evaluate", "--checkpoint", str(run),
+                           "--modes", "basic,strided", "--max-bytes", str(summary["heldout_bytes"])],
+                          cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    assert got["source"] == "held-out split of data.source=shards"
+    for mode in ("basic", "strided"):
+        assert got["results"][mode]["bpb"] == pytest.approx(
+            summary["models"]["megabyte"]["eval"][mode]["bpb"], rel=1e-9)
+    proc = subprocess.run([sys.executable, "-m", "pretrain.generate", "--checkpoint", str(run),
+                           "--prompt", "def main(", "--max-new", "300", "--temperature", "0.8",
+                           "--top-p", "0.95"], cwd=ROOT, env=env, text=True, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["bytes"] >= 1
+
+
 def test_rerun_skips_finished_runs(compared):
     _, _, second = compared
     assert second.stderr.count("finished earlier") == 3

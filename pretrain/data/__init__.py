@@ -12,7 +12,8 @@
 Vocabularies (the ids the streams hold) are part of the data format: :mod:`data_prep.vocab`.
 """
 
-from pretrain.data.build import BatchSource, TrainData, build_data
+from pretrain.data.build import BatchSource, TrainData, build_data, validation_text
 from pretrain.data.memory import Corpus, WindowSampler, load_corpus
 
-__all__ = ["BatchSource", "Corpus", "TrainData", "WindowSampler", "build_data", "load_corpus"]
+__all__ = ["BatchSource", "Corpus", "TrainData", "WindowSampler", "build_data", "load_corpus",
+           "validation_text"]

@@ -94,3 +94,13 @@ def build_shard_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: 
                          d.num_workers, d.skip_bad_shards)
     val = read_val_text(datasets, weights, d.val_bytes, vocab)
     return TrainData(loader, val, loader.bytes_per_unit, loader.describe())
+
+
+def validation_text(cfg: Config, vocab: Vocab, n_bytes: int) -> bytes:
+    """The first ``n_bytes`` held-out bytes of the run's data, whatever ``data.source`` is (the
+    same bytes its periodic validation scores when ``n_bytes = data.val_bytes``), without
+    building the training stream."""
+    if cfg.data.source == "shards":
+        datasets = open_datasets(cfg, vocab)
+        return read_val_text(datasets, list(cfg.data.weights) or [1.0] * len(datasets), n_bytes, vocab)
+    return load_corpus(cfg.data).val[:n_bytes]
