@@ -47,6 +47,7 @@ from data_prep.shards import (
     finished_manifest,
     remove_stale,
     split_payload,
+    start_rewrite,
     write_manifest,
 )
 from data_prep.sources import STDLIB_EXCLUDE, InputFile, collect_inputs, split_of, stdlib_dir
@@ -336,9 +337,7 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
     if existing is not None:
         return _summary(existing, out_dir, "unchanged", time.perf_counter() - t0)
 
-    # From here on the directory has no manifest until every shard is in place.
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    remove_stale(out_dir, keep=tuple(p.name for p in out_dir.iterdir()))
+    start_rewrite(out_dir)  # no manifest until every shard is in place
     total_bytes = sum(max(f.size, 0) for f in files)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="prep",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)

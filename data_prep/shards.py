@@ -133,6 +133,14 @@ def finished_manifest(out_dir: Path, fingerprint: str, kind: str) -> Optional[Di
     return manifest
 
 
+def start_rewrite(out_dir: Path) -> None:
+    """Before writing a dataset again: remove its manifest first (so the directory never names a
+    missing or partial shard), then the temporary files an interrupted run left; shards stay
+    until the new manifest is written and :func:`remove_stale` drops those it does not name."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    remove_stale(out_dir, keep=tuple(p.name for p in out_dir.iterdir()))
+
+
 def shard_records(manifest: Dict[str, Any], split: str) -> List[Dict[str, Any]]:
     """The manifest's records of the shards of ``split``, in name order."""
     return [s for s in manifest["shards"] if s["split"] == split]

@@ -200,13 +200,13 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
 
     from data_prep.shards import (
         FORMAT,
-        MANIFEST,
         SHARD_RE,
         VERSION,
         finished_manifest,
         read_manifest,
         remove_stale,
         sha256_file,
+        start_rewrite,
         write_manifest,
     )
     from data_prep.vocab import SentencePieceVocab
@@ -230,8 +230,7 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
     old = finished_manifest(out_dir, fp, "tokens")
     if old is not None:
         return _token_summary(old, out_dir, "unchanged", time.perf_counter() - t0)
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    remove_stale(out_dir, keep=tuple(p.name for p in out_dir.iterdir()))
+    start_rewrite(out_dir)  # no manifest until every shard is in place
 
     tasks = []
     for rec in src["shards"]:

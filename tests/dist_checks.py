@@ -45,8 +45,17 @@ def main() -> None:
     local_qkv = report["local_model.blocks.0.attn.qkv.weight"]
     Dl = cfg.model.local_model.dim
     assert local_qkv["tp_shape"] == (3 * Dl, Dl) and not local_qkv["tp"], local_qkv
+    # Weight decay by role: the same parameter names as the plain single-process model.
+    from pretrain.model import build_model
+    from pretrain.training.optim import decay_split
+
+    v = trainer.vocab
+    plain = decay_split(build_model(cfg.model, v.vocab_size, v.pad_id, v.bos_id))
+    assert decay_split(trainer.model) == plain, (decay_split(trainer.model), plain)
+    assert "global_model.blocks.0.attn.qkv.weight" in plain[0]
     if grid.rank == 0:
-        print(json.dumps({"ok": True, "grid": repr(grid), "params": len(report)}))
+        print(json.dumps({"ok": True, "grid": repr(grid), "params": len(report),
+                          "decayed": plain[0]}))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
-"""Every benchmark script runs in its fast mode and its JSON has every field."""
+"""Every benchmark script runs in its fast mode; its JSON fields agree with each other and
+with the formulas they come from (ratios, MFU, FLOP shares, parameter counts)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
+from data_prep.vocab import ByteVocab
+from pretrain.model import flops_per_byte
 from tests.conftest import ROOT
+
+VOCAB = ByteVocab()
 
 
 def run_bench(*args: str, timeout: int = 600) -> dict:
@@ -18,39 +24,114 @@ def run_bench(*args: str, timeout: int = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def bench_common():
+    """bench/common.py (the benchmark size classes), loaded without putting bench/ on sys.path."""
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def non_block_params(cfg) -> int:
+    """Parameters outside the transformer stacks, by hand: embeddings, positions, pads, w_GL."""
+    V, T = VOCAB.vocab_size, cfg.seq_len
+    if cfg.arch == "transformer":
+        return V * cfg.global_model.dim + T * cfg.global_model.dim  # tied head adds nothing
+    D, D_L = cfg.global_model.dim, cfg.local_model.dim
+    D_G = D // cfg.patch_size
+    return V * D_G + T * D_G + D + D_G * D_L + V * D_L + D_L
+
+
+def close(a: float, b: float, rel: float = 1e-9) -> bool:
+    return a == pytest.approx(b, rel=rel)
+
+
 def test_bench_throughput_fast():
     out = run_bench("bench/bench_throughput.py", "--fast")
     assert out["benchmark"] == "throughput" and [p["seq_len"] for p in out["points"]] == [128, 512]
+    common = bench_common()
+    assert out["batch_bytes"] == 512  # the largest context
     for point in out["points"]:
+        T = point["seq_len"]
         for arch in ("megabyte", "transformer"):
             r = point[arch]
-            assert r["status"] == "ok"
-            for key in ("bytes_per_s", "seconds_per_step", "params", "block_params",
-                        "peak_memory_gb", "train_flops_per_byte"):
-                assert r[key] > 0, key
-        for key in ("measured_ratio", "flops_ratio", "efficiency"):
-            assert point[key] > 0
+            cfg = common.model_config(arch, out["size"], T)
+            assert r["status"] == "ok" and r["arch"] == arch and r["seq_len"] == T
+            assert r["batch"] == max(1, out["batch_bytes"] // T)
+            assert r["seconds_per_step"] > 0 and r["peak_memory_gb"] > 0
+            # bytes/s is the bytes of one step over the median step time.
+            assert close(r["bytes_per_s"], r["batch"] * T / r["seconds_per_step"]), r
+            assert r["train_flops_per_byte"] == flops_per_byte(cfg, 256, training=True)
+            assert r["params"] - r["block_params"] == non_block_params(cfg), r
+        mb, tf = point["megabyte"], point["transformer"]
+        assert close(point["measured_ratio"], mb["bytes_per_s"] / tf["bytes_per_s"])
+        assert close(point["flops_ratio"], tf["train_flops_per_byte"] / mb["train_flops_per_byte"])
+        assert close(point["efficiency"], point["measured_ratio"] / point["flops_ratio"])
+        # Fewer FLOPs per byte for MEGABYTE, and its advantage grows with the context.
+        assert point["flops_ratio"] > 1
+    short, long = out["points"]
+    assert long["flops_ratio"] > short["flops_ratio"]
+    for arch in ("megabyte", "transformer"):
+        # Block parameters do not depend on the context; only the position tables grow.
+        assert short[arch]["block_params"] == long[arch]["block_params"]
     # Equal parameters in the transformer blocks (within 5%).
-    mb, tf = out["points"][0]["megabyte"], out["points"][0]["transformer"]
+    mb, tf = short["megabyte"], short["transformer"]
     assert abs(mb["block_params"] - tf["block_params"]) / mb["block_params"] < 0.05
 
 
 def test_bench_mfu_fast():
     out = run_bench("bench/bench_mfu.py", "--fast")
-    assert out["peak_flops"] > 0 and out["results"]
+    peak = out["peak_flops"]
+    assert peak > 0 and [r["size"] for r in out["results"]] == ["tiny"]
     r = out["results"][0]
-    for key in ("mfu", "bytes_per_s", "seconds_per_step"):
-        assert r[key] > 0
+    cfg = bench_common().model_config("megabyte", r["size"], r["seq_len"])
+    fpb = flops_per_byte(cfg, 256, training=True)
+    n_bytes = r["batch"] * r["seq_len"]
+    assert close(r["bytes_per_s"], n_bytes / r["seconds_per_step"])
+    # MFU = achieved model FLOP/s / peak FLOP/s, and it cannot exceed 1.
+    assert close(r["mfu"], fpb * r["bytes_per_s"] / peak)
+    assert 0 < r["mfu"] < 1
     for level in ("global", "local"):
-        assert 0 < r[level]["share_of_flops"] < 1 and r[level]["mfu"] > 0
-    assert r["global"]["share_of_flops"] + r["local"]["share_of_flops"] < 1
+        x = r[level]
+        assert close(x["mfu"], x["share_of_flops"] * fpb * n_bytes / x["seconds"] / peak), level
+    # The level shares by hand (3x forward; the paper's per-layer cost), and with the rest of
+    # the step (w_GL projection and tied output head) they add up to the whole.
+    P, K = cfg.patch_size, cfg.seq_len // cfg.patch_size
+    g, loc = cfg.global_model, cfg.local_model
+    D_G = g.dim // P
+
+    def layer(dim: int, ctx: int) -> int:
+        return 2 * ((4 + 2 * cfg.mlp_ratio) * dim * dim + 2 * dim * ctx)
+
+    global_share = 3 * g.layers * layer(g.dim, K) / P / fpb
+    local_share = 3 * loc.layers * layer(loc.dim, P) / fpb
+    rest_share = 3 * (2 * D_G * loc.dim + 2 * loc.dim * 256) / fpb
+    assert close(r["global"]["share_of_flops"], global_share)
+    assert close(r["local"]["share_of_flops"], local_share)
+    assert close(r["global"]["share_of_flops"] + r["local"]["share_of_flops"] + rest_share, 1.0)
+    assert r["local"]["share_of_flops"] > r["global"]["share_of_flops"]  # local dominates
 
 
 def test_bench_generation_fast():
     out = run_bench("bench/bench_generation.py", "--fast", "--bytes", "128")
+    n = out["bytes"]
+    assert n == 128
     for key in ("megabyte_cached", "megabyte_uncached", "transformer_cached"):
-        assert out[key]["bytes"] == 127 and out[key]["bytes_per_s"] > 0
-    assert out["cache_speedup"] > 0 and out["megabyte_vs_transformer"] > 0
+        r = out[key]
+        assert r["bytes"] == n - 1  # a 1-byte prompt, then n - 1 generated bytes
+        assert close(r["bytes_per_s"], r["bytes"] / r["seconds"]), key
+    unc = out["megabyte_uncached"]
+    assert unc["mode"] == "full" and unc["measured_steps"] == n - 1  # --fast times every length
+    mb, tf = out["megabyte_cached"], out["transformer_cached"]
+    # Speed-up of the cache = uncached time / cached time for the same bytes.
+    assert close(out["cache_speedup"], unc["seconds"] / mb["seconds"])
+    assert close(out["megabyte_vs_transformer"], tf["seconds"] / mb["seconds"])
+    # One full forward pass per byte (O(n^2)) is slower than the hierarchical cache.
+    assert out["cache_speedup"] > 1
+    common = bench_common()
+    for arch in ("megabyte", "transformer"):
+        cfg = common.model_config(arch, out["size"], n)
+        assert out[f"{arch}_params"] - out[f"{arch}_block_params"] == non_block_params(cfg), arch
 
 
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",

@@ -127,10 +127,23 @@ def test_subword_transformer_parity_dp2(tmp_path, sp_model):
     assert_parity(ref, history(run))
 
 
-def test_zero3_shards_are_real():
-    proc = torchrun(4, "parallel.tensor_parallel=2", "parallel.zero3_persistence_threshold=0",
+@pytest.mark.parametrize("nproc,tp", [(1, 1), (2, 2), (2, 1), (4, 2)],
+                         ids=["tp1xdp1", "tp2xdp1", "tp1xdp2", "tp2xdp2"])
+def test_zero3_shards_are_real_and_decay_is_by_role(nproc, tp):
+    """ZeRO-3 partitions and TP shapes are real, and the decayed parameters are exactly the
+    single-process model's at every layout (checked inside each rank by tests/dist_checks.py)."""
+    from pretrain.model import build_model
+    from pretrain.training.optim import decay_split
+
+    proc = torchrun(nproc, f"parallel.tensor_parallel={tp}", "parallel.zero3_persistence_threshold=0",
                     module=str(ROOT / "tests" / "dist_checks.py"))
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"]
+    cfg = load_config(CONFIG_DIR / "debug.yaml")
+    decayed, _ = decay_split(build_model(cfg.model, 259, 256, 257))
+    assert out["decayed"] == decayed
+    # Every weight matrix of both stacks and the global-to-local projection, nothing else.
+    assert {n.rsplit(".", 2)[-2] for n in decayed} == {"qkv", "proj", "fc1", "fc2", "global_to_local"}
 
 
 @pytest.fixture(scope="module")

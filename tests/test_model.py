@@ -10,7 +10,7 @@ import torch
 
 from data_prep.vocab import ByteVocab
 from pretrain.model import Megabyte, TransformerLM, build_model, count_params
-from pretrain.model.losses import IGNORE, lm_loss, token_nll
+from pretrain.model.losses import IGNORE, lm_loss, targets_for, token_nll
 from tests.conftest import ROOT, tiny_model_config
 
 VOCAB = ByteVocab()
@@ -133,8 +133,41 @@ def test_every_byte_value_contributes_to_the_loss(name):
     assert VOCAB.decode(VOCAB.encode(bytes(range(256)))) == bytes(range(256))
 
 
-def test_ignore_index_is_not_a_byte_value():
-    assert IGNORE < 0
+def test_ignored_targets_contribute_nothing_to_the_loss():
+    """``lm_loss`` is the mean NLL over the non-IGNORE targets only: changing the logits at an
+    ignored position changes neither the loss nor any gradient, and the value equals the mean of
+    -log softmax(logits)[target] over the other positions, computed here by hand."""
+    V = VOCAB.vocab_size
+    logits = torch.randn(2, 6, V, dtype=torch.float64)
+    targets = torch.tensor([[5, IGNORE, 0, 255, IGNORE, 17], [IGNORE, 3, 3, 200, 1, IGNORE]])
+    keep = targets != IGNORE
+    assert int(keep.sum()) == 8
+    by_hand = torch.stack([logits[b, t].logsumexp(-1) - logits[b, t, targets[b, t]]
+                           for b, t in keep.nonzero().tolist()]).mean()
+    loss = lm_loss(logits, targets)
+    assert torch.allclose(loss.double(), by_hand, rtol=1e-6, atol=0), (loss, by_hand)
+    # The same number from token_nll over the kept positions (gather needs real ids there).
+    nll = token_nll(logits, targets.masked_fill(~keep, 0))
+    assert torch.allclose(loss, nll[keep].mean(), rtol=1e-6, atol=0)
+
+    changed = logits.clone()
+    changed[~keep] = 50 * torch.randn(int((~keep).sum()), V, dtype=torch.float64)
+    changed.requires_grad_(True)
+    loss2 = lm_loss(changed, targets)
+    # (Averaged over every position, these logits would give a very different number.)
+    all_positions = token_nll(changed.detach(), targets.masked_fill(~keep, 0)).mean()
+    assert (all_positions - loss).abs() > 1.0
+    assert torch.allclose(loss2, loss, rtol=1e-6, atol=0)
+    loss2.backward()
+    assert changed.grad[~keep].abs().max() == 0
+    assert (changed.grad[keep].abs().sum(-1) > 0).all()
+    # Changing a kept position does change the loss.
+    moved = logits.clone()
+    moved[0, 0, 5] -= 3.0
+    assert lm_loss(moved, targets) > loss + 1e-3
+    # Pads become IGNORE targets; no byte value (0..255) does.
+    ids = torch.tensor([[0, 255, VOCAB.pad_id, 65]])
+    assert targets_for(ids, VOCAB.pad_id).tolist() == [[0, 255, IGNORE, 65]]
 
 
 def test_transformer_baseline_is_shifted_internally():
@@ -147,9 +180,33 @@ def test_transformer_baseline_is_shifted_internally():
     assert torch.allclose(a, m(ids)[0, 0])
 
 
-def test_count_params_counts_tied_weights_once():
-    m = make(tiny_model_config())
-    assert count_params(m) == sum(p.numel() for p in m.parameters())
+def _stack_params(dim: int, layers: int, mlp_ratio: int = 4) -> int:
+    """Per block: two LayerNorms (weight + bias), qkv (3 D^2) and proj (D^2) without bias,
+    fc1 / fc2 (r D^2 each) without bias; then one final LayerNorm."""
+    per_block = 2 * (2 * dim) + 4 * dim * dim + 2 * mlp_ratio * dim * dim
+    return layers * per_block + 2 * dim
+
+
+# The tiny config: V = 259, T = 64, P = 4, global D = 32 (D_G = 8) x 2 layers, local D_L = 16 x 2.
+V, T, P, D, D_G, D_L = 259, 64, 4, 32, 8, 16
+MEGABYTE_TINY = (V * D_G + T * D_G  # global byte embedding + per-byte positions
+                 + D  # trainable global pad patch
+                 + D_G * D_L  # shared w_GL, no bias
+                 + V * D_L  # local embedding, also the tied output head (counted once)
+                 + D_L  # local pad
+                 + _stack_params(D, 2) + _stack_params(D_L, 2))
+CONV = sum(D_G * D_G * k + D_G for k in (3, 5, 7))  # Conv1d(D_G, D_G, k) with bias, k = 3, 5, 7
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("megabyte", MEGABYTE_TINY),
+    ("megabyte_cross_patch", MEGABYTE_TINY),  # rotary tables are not parameters
+    ("megabyte_conv", MEGABYTE_TINY + CONV),
+    ("transformer_bytes", V * D + T * D + _stack_params(D, 2)),  # tied head: no extra V x D
+])
+def test_count_params_matches_the_architecture_formula(name, expected):
+    assert V == VOCAB.vocab_size and MEGABYTE_TINY == 38104 and CONV == 984  # evaluated by hand
+    assert count_params(make(VARIANTS[name])) == expected
 
 
 def test_model_package_has_no_distributed_code():

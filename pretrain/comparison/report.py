@@ -77,41 +77,42 @@ def write_report(out: Path, plans: List[MatchedRun], trained: Dict[str, Dict[str
     return table
 
 
+def _save(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path) -> str:
+    """Label, lay out and write one figure; its path."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def plot(out: Path, plans: List[MatchedRun]) -> List[str]:
+    """``val_bpb_vs_flops.png`` (validation bits per byte against training FLOPs, log x) and
+    ``loss_curves.png`` (training bits per byte per step); their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for plan in plans:
-        run = Path(plan.cfg.run_dir)
-        vals = json.loads((run / "validation.json").read_text())
+        vals = json.loads((Path(plan.cfg.run_dir) / "validation.json").read_text())
         ax.plot([v["train_flops"] for v in vals], [v["val_bpb"] for v in vals], marker="o",
                 label=plan.name)
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("Validation bits per byte against training compute")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(str(out / "val_bpb_vs_flops.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths = [_save(fig, ax, "training FLOPs", "validation bits per byte",
+                   "Validation bits per byte against training compute", out / "val_bpb_vs_flops.png")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for plan in plans:
-        run = Path(plan.cfg.run_dir)
-        hist = [h for h in json.loads((run / "history.json").read_text()) if "bpb" in h]
+        hist = [h for h in json.loads((Path(plan.cfg.run_dir) / "history.json").read_text())
+                if "bpb" in h]
         ax.plot([h["step"] for h in hist], [h["bpb"] for h in hist], label=plan.name)
-    ax.set_xlabel("step (equal bytes per step for every model)")
-    ax.set_ylabel("training bits per byte")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(str(out / "loss_curves.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, ax, "step (equal bytes per step for every model)",
+                       "training bits per byte", "Training loss", out / "loss_curves.png"))
     return paths

@@ -17,7 +17,7 @@ H = heads, hd = head size.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, FrozenSet, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -222,3 +222,13 @@ def count_params(module: nn.Module) -> int:
     """Number of parameters (shared tensors counted once)."""
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
+
+def decayed_parameter_names(module: nn.Module) -> FrozenSet[str]:
+    """The parameters that get weight decay, by role: the weight matrices of projections and
+    convolutions (attention, MLP, global-to-local, the patch encoder); never embeddings, pads,
+    norms or biases. Decided once, on the plain architecture, by :func:`pretrain.model.build_model`
+    (which stores it as ``model.decayed_names``): a layer later swapped for a tensor-parallel
+    shard keeps its name and so its decay."""
+    return frozenset(f"{prefix}.weight" if prefix else "weight"
+                     for prefix, m in module.named_modules()
+                     if isinstance(m, (nn.Linear, nn.Conv1d)) and m.weight is not None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -10,19 +10,28 @@ from torch import nn
 from pretrain.config import OptimConfig
 
 
+def decay_split(model: nn.Module) -> Tuple[List[str], List[str]]:
+    """(names with weight decay, names without), by the role tag ``model.decayed_names`` that
+    :func:`pretrain.model.build_model` sets; tied (shared) parameters are listed once."""
+    tagged = getattr(model, "decayed_names", None)
+    if tagged is None:
+        raise ValueError("the model has no decayed_names tag: build it with pretrain.model.build_model")
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        (decay if name in tagged else no_decay).append(name)
+    return decay, no_decay
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
-    """Decay the weights of linear and conv layers; not embeddings, pads, norms or biases."""
-    decay, no_decay = [], []
-    seen = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen or not p.requires_grad:
-                continue
-            seen.add(id(p))
-            is_matrix = isinstance(module, (nn.Linear, nn.Conv1d)) and name == "weight"
-            (decay if is_matrix else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    """Two AdamW groups, decay by role (:func:`decay_split`): the same parameters in the
+    single-process loop and under DeepSpeed at every TP and ZeRO layout."""
+    decay, no_decay = decay_split(model)
+    params = dict(model.named_parameters())
+    return [{"params": [params[n] for n in decay], "weight_decay": weight_decay},
+            {"params": [params[n] for n in no_decay], "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
