@@ -143,7 +143,7 @@ class DeepSpeedTrainer(Trainer):
         return sum(p.ds_numel for p in self.model.parameters())
 
     def layout(self) -> str:
-        return f" per TP rank ({self.grid}, ZeRO-{self.cfg.parallel.zero_stage})"
+        return f" per TP rank | {self.grid} | ZeRO-{self.cfg.parallel.zero_stage}"
 
     def continue_from_export(self, meta: Dict[str, Any]) -> None:
         """Take over the export's step, bytes seen and data position; move the LR schedule there."""
