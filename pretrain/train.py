@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "processes with torchrun or launch.local)", file=sys.stderr)
         return 2
     from pretrain.runtime.processes import EXIT_ABORT, EXIT_REQUEUE
-    from pretrain.training.trainer import Trainer, TrainingAborted
+    from pretrain.training.trainer import ResumeError, Trainer, TrainingAborted
 
     try:
         if engine == "deepspeed":
@@ -67,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TrainingAborted as err:
         print(f"error: training aborted: {err}", file=sys.stderr)
         return EXIT_ABORT
-    except ConfigError as err:
+    except (ConfigError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rank = int(os.environ.get("RANK", "0"))

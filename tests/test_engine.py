@@ -334,3 +334,22 @@ def _free_port() -> int:
     from pretrain.parallel.grid import free_port
 
     return free_port()
+
+
+def test_ranks_that_see_different_checkpoints_stop_with_one_message(tmp_path):
+    """A run directory on node-local disks: rank 1 sees a checkpoint, rank 0 none. The run must
+    stop with one message naming both ranks and paths, not resume one rank and start the other."""
+    base = tmp_path / "local"
+    first = base / "1"
+    torchrun(1, "--config", "configs/debug.yaml", f"run_dir={first}", *BASE, "train.max_steps=2",
+             "parallel.engine=deepspeed", "checkpoint.interval=1")
+    assert (first / "checkpoints" / "latest").is_file()
+    # ${oc.env:RANK}: each rank reads its own directory, as on nodes without a shared file system.
+    proc = torchrun(2, "--config", "configs/debug.yaml", f"run_dir={base}/${{oc.env:RANK}}", *BASE,
+                    "train.max_steps=4", "train.micro_batch_size=4", check=False, timeout=120)
+    assert proc.returncode == 1 or proc.returncode == 2, proc.stderr[-3000:]
+    line = next(x for x in proc.stderr.splitlines() if "ranks disagree on what to resume" in x)
+    assert "rank 0 on" in line and f"{base}/0/checkpoints/latest -> no checkpoint" in line
+    assert f"{base}/1/checkpoints/latest -> step_00000002" in line
+    assert not (base / "0" / "results.json").exists()  # nothing trained from scratch ...
+    assert json.loads((first / "results.json").read_text())["steps"] == 2  # ... nor resumed

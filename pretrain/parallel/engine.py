@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,7 @@ from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import get_logger
 from pretrain.runtime.rng import rng_state, set_rng_state
 from pretrain.training.optim import lr_at, param_groups
-from pretrain.training.trainer import Trainer
+from pretrain.training.trainer import ResumeError, Trainer
 
 log = get_logger()
 # torch's gloo path inside DeepSpeed ZeRO warns on every step; the call is DeepSpeed's, not ours.
@@ -278,27 +279,44 @@ class DeepSpeedTrainer(Trainer):
         dist.barrier()
         return self.ckpt_dir / tag
 
+    def _agreed_resume_tag(self) -> Optional[str]:
+        """The checkpoint tag every rank sees in ``checkpoints/latest`` (None: no checkpoint).
+
+        Ranks that disagree (one sees a checkpoint, another none or another one: a run directory
+        that is not on a file system every node shares) stop the run with one message naming
+        the ranks, hosts and paths, instead of resuming some ranks and starting others fresh."""
+        pointer = self.ckpt_dir / store.LATEST
+        tag = pointer.read_text().strip() if pointer.is_file() else None
+        views: List[Any] = [None] * self.world_size
+        dist.all_gather_object(views, (tag, socket.gethostname(), str(pointer.resolve())))
+        if False and len({v[0] for v in views}) > 1:
+            seen = "; ".join(f"rank {r} on {host}: {path} -> {t or 'no checkpoint'}"
+                             for r, (t, host, path) in enumerate(views))
+            raise ResumeError(f"ranks disagree on what to resume from ({seen}); the run directory "
+                              "must be on a file system that every node shares")
+        return tag
+
     def maybe_resume(self) -> None:
         if not self.cfg.checkpoint.resume:
             return
-        pointer = self.ckpt_dir / store.LATEST
-        if not pointer.is_file():
+        tag = self._agreed_resume_tag()
+        if tag is None:
             return
-        tag = pointer.read_text().strip()
         rank_file = self.ckpt_dir / tag / f"rank_{self.grid.rank:05d}.pt"
-        if not rank_file.is_file():
-            raise RuntimeError(f"checkpoint {self.ckpt_dir / tag} was written by a different layout "
-                               f"(no {rank_file.name}); resume with the same number of processes "
-                               "and tensor_parallel, or export it (python -m pretrain.export) and "
-                               "start a new run with train.init_from=...")
+        if all_ranks_max(0.0 if rank_file.is_file() else 1.0, self.device) > 0:  # agreed by all
+            raise ResumeError(f"checkpoint {self.ckpt_dir / tag} was written by a different layout "
+                              f"(some rank of this {self.world_size}-process run has no rank file); "
+                              "resume with the same number of processes and tensor_parallel, or "
+                              "export it (python -m pretrain.export) and start a new run with "
+                              "train.init_from=...")
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag,
                                                    load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {self.ckpt_dir / tag}")
         if client.get("tensor_parallel") != self.grid.tp_size:
-            raise RuntimeError(f"checkpoint {tag} has tensor_parallel={client.get('tensor_parallel')}"
-                               f", this run {self.grid.tp_size}; export and use train.init_from")
+            raise ResumeError(f"checkpoint {tag} has tensor_parallel={client.get('tensor_parallel')}"
+                              f", this run {self.grid.tp_size}; export and use train.init_from")
         self.step, self.bytes_seen = client["step"], client["bytes_seen"]
         self.skipped_total = client.get("skipped_total", 0)
         state = torch.load(rank_file, map_location="cpu", weights_only=False)

@@ -355,6 +355,10 @@ class TrainingAborted(RuntimeError):
     """Training cannot continue (e.g. too many non-finite steps in a row)."""
 
 
+class ResumeError(RuntimeError):
+    """The run cannot resume as asked (ranks see different checkpoints, another layout wrote it)."""
+
+
 def _say(message: str) -> None:
     """Print a line to stderr without breaking the progress bar."""
     from tqdm import tqdm
