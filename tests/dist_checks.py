@@ -53,9 +53,21 @@ def main() -> None:
     plain = decay_split(build_model(cfg.model, v.vocab_size, v.pad_id, v.bos_id))
     assert decay_split(trainer.model) == plain, (decay_split(trainer.model), plain)
     assert "global_model.blocks.0.attn.qkv.weight" in plain[0]
+    # Validation split over data-parallel ranks equals every rank scoring everything.
+    from pretrain.inference.evaluation import evaluate_bytes
+
+    text = trainer.val_text[:3000]  # several batches, not a multiple of the DP size
+    trainer.val_text = text
+    shared = trainer.evaluate()
+    whole = evaluate_bytes(trainer.model, text, v, cfg.model.seq_len, "basic", cfg.model.patch_size,
+                           batch_size=trainer.derived.micro_batch_size)
+    assert shared["bytes"] == whole["bytes"] == len(text)
+    rel = abs(shared["bpb"] - whole["bpb"]) / whole["bpb"]
+    assert rel <= 1e-6, (shared, whole["bpb"])
     if grid.rank == 0:
         print(json.dumps({"ok": True, "grid": repr(grid), "params": len(report),
-                          "decayed": plain[0]}))
+                          "decayed": plain[0], "val_bpb_shared": shared["bpb"],
+                          "val_bpb_whole": whole["bpb"], "val_rel": rel}))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ For the subword baseline positions are tokens, and the divisor is still the exac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -86,8 +86,13 @@ def window_plan_for(mode: str, n: int, seq_len: int, patch_size: Optional[int],
 
 @torch.no_grad()
 def score_ids(model: torch.nn.Module, ids: Tensor, windows: Iterable[Window], batch_size: int = 8,
-              progress: bool = False, autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
-    """Sum of NLL (nats) over the kept positions of every window; ``ids`` is a 1-D tensor."""
+              progress: bool = False, autocast_dtype: Optional[torch.dtype] = None,
+              share: Tuple[int, int] = (0, 1)) -> Dict[str, float]:
+    """Sum of NLL (nats) over the kept positions of every window; ``ids`` is a 1-D tensor.
+
+    ``share = (k, n)``: score only batches ``k, k + n, ...`` (one data-parallel rank's part; the
+    caller sums the parts). Every share runs the same number of forward passes (a short share
+    repeats its last batch and discards it), as ZeRO-3's collective parameter gathering needs."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -98,16 +103,22 @@ def score_ids(model: torch.nn.Module, ids: Tensor, windows: Iterable[Window], ba
     for w in windows:
         groups.setdefault(w.length, []).append(w)
     batches = [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+    k, n = share
+    mine = batches[k::n]
+    rounds = -(-len(batches) // n)  # forward passes every share runs
+    passes = [(b, True) for b in mine] + [(mine[-1] if mine else batches[0], False)] * (rounds - len(mine))
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=sum(w.length for w in windows), unit="B", unit_scale=True, desc="eval",
                    leave=False)
-    for batch in batches:
+    for batch, counted in passes:
         x = torch.stack([ids[w.start:w.start + w.length] for w in batch]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             logits = model(x)
+        if not counted:
+            continue
         nll = token_nll(logits, x)  # (b, length)
         for row, w in enumerate(batch):
             keep = torch.from_numpy(w.keep).to(device)
@@ -124,15 +135,21 @@ def score_ids(model: torch.nn.Module, ids: Tensor, windows: Iterable[Window], ba
 def evaluate_bytes(model: torch.nn.Module, text: bytes, vocab, seq_len: int, mode: str = "basic",
                    patch_size: Optional[int] = None, stride: Optional[int] = None,
                    batch_size: int = 8, progress: bool = False,
-                   autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+                   autocast_dtype: Optional[torch.dtype] = None, share: Tuple[int, int] = (0, 1),
+                   reduce: Optional[Callable[[Dict[str, float]], Dict[str, float]]] = None
+                   ) -> Dict[str, float]:
     """Bits per byte of ``model`` over every byte of ``text`` in ``mode``.
 
     The text is encoded with ``vocab`` (identity for bytes, SentencePiece for the subword model);
-    the divisor is always ``len(text)`` in bytes.
+    the divisor is always ``len(text)`` in bytes. Data-parallel scoring: each rank passes its
+    ``share`` (see :func:`score_ids`) and a ``reduce`` that sums ``nats`` and ``positions`` over
+    the ranks (the model code stays free of collectives).
     """
     ids = torch.tensor(vocab.encode(text), dtype=torch.long)
     windows = window_plan_for(mode, len(ids), seq_len, patch_size, stride)
-    out = score_ids(model, ids, windows, batch_size, progress, autocast_dtype)
+    out = score_ids(model, ids, windows, batch_size, progress, autocast_dtype, share)
+    if reduce is not None:
+        out = reduce(out)
     if out["positions"] != len(ids):
         raise AssertionError(f"scored {out['positions']} positions of {len(ids)}")
     return {"mode": mode, "bpb": bits_per_byte(out["nats"], len(text)), "bytes": len(text),

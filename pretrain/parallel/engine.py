@@ -232,6 +232,19 @@ class DeepSpeedTrainer(Trainer):
 
         optimizer.step = step  # type: ignore[method-assign]
 
+    def evaluation_share(self) -> Dict[str, Any]:
+        """Each data-parallel rank scores its share of the validation windows (TP peers the same
+        share); the NLL sums are added over the DP group."""
+        grid = self.grid
+
+        def reduce(out: Dict[str, float]) -> Dict[str, float]:
+            t = torch.tensor([out["nats"], float(out["positions"])], dtype=torch.float64,
+                             device=self.device)
+            dist.all_reduce(t, group=grid.dp_group)
+            return {"nats": float(t[0]), "positions": int(round(float(t[1])))}
+
+        return {"share": (grid.dp_rank, grid.dp_size), "reduce": reduce}
+
     def should_stop(self) -> bool:
         """All ranks agree to stop if any rank got SIGTERM/SIGUSR1."""
         return all_ranks_max(1.0 if self._stop_signal is not None else 0.0, self.device) > 0

@@ -149,8 +149,12 @@ class Trainer:
         patch = self.cfg.model.patch_size if self.cfg.model.arch == "megabyte" else None
         out = evaluate_bytes(self.model, self.val_text, self.vocab, self.cfg.model.seq_len,
                              "basic", patch, batch_size=self.derived.micro_batch_size,
-                             autocast_dtype=self.amp)
+                             autocast_dtype=self.amp, **self.evaluation_share())
         return {"bpb": out["bpb"], "bytes": out["bytes"]}
+
+    def evaluation_share(self) -> Dict[str, Any]:
+        """How validation is split over processes (``share``, ``reduce`` of evaluate_bytes)."""
+        return {}
 
     def sample(self) -> Optional[str]:
         """A short generation from the start of the validation text, for the logs."""
