@@ -346,7 +346,7 @@ def test_ranks_that_see_different_checkpoints_stop_with_one_message(tmp_path):
     assert (first / "checkpoints" / "latest").is_file()
     # ${oc.env:RANK}: each rank reads its own directory, as on nodes without a shared file system.
     proc = torchrun(2, "--config", "configs/debug.yaml", f"run_dir={base}/${{oc.env:RANK}}", *BASE,
-                    "train.max_steps=4", "train.micro_batch_size=4", check=False, timeout=120)
+                    "train.max_steps=4", "train.micro_batch_size=4", check=False, timeout=300)
     assert proc.returncode == 1 or proc.returncode == 2, proc.stderr[-3000:]
     line = next(x for x in proc.stderr.splitlines() if "ranks disagree on what to resume" in x)
     assert "rank 0 on" in line and f"{base}/0/checkpoints/latest -> no checkpoint" in line

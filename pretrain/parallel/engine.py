@@ -302,7 +302,7 @@ class DeepSpeedTrainer(Trainer):
         tag = pointer.read_text().strip() if pointer.is_file() else None
         views: List[Any] = [None] * self.world_size
         dist.all_gather_object(views, (tag, socket.gethostname(), str(pointer.resolve())))
-        if False and len({v[0] for v in views}) > 1:
+        if len({v[0] for v in views}) > 1:
             seen = "; ".join(f"rank {r} on {host}: {path} -> {t or 'no checkpoint'}"
                              for r, (t, host, path) in enumerate(views))
             raise ResumeError(f"ranks disagree on what to resume from ({seen}); the run directory "
