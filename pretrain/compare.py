@@ -102,7 +102,7 @@ def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         return None
     trained = {p.name: runs.train(p, out, args.nproc) for p in plans}
     evals = {p.name: runs.evaluate(p, heldout, modes, out) for p in plans}
-    refs = report.compressor_bpb(text)
+    refs = {"byte unigram": report.unigram_entropy(text), **report.compressor_bpb(text)}
     bpw = report.bytes_per_word(text)
     table = report.write_report(out, plans, trained, evals, refs, bpw, len(text), modes)
     plots = report.plot(out, plans)

@@ -18,8 +18,10 @@ from pretrain.config import ModelConfig, StackConfig  # noqa: E402
 
 def tiny_model_config(arch: str = "megabyte", **kw) -> ModelConfig:
     """A model small enough for exhaustive checks (P=4 so several patches fit in 37 bytes)."""
+    # init="paper": full-size random weights on every path (the default model.init shrinks the
+    # global->local term, which would weaken structural checks such as cached-vs-uncached logits).
     base = dict(arch=arch, seq_len=64, patch_size=4, global_model=StackConfig(32, 2, 2),
-                local_model=StackConfig(16, 2, 2), dropout=0.0, init_std=0.2)
+                local_model=StackConfig(16, 2, 2), dropout=0.0, init_std=0.2, init="paper")
     base.update(kw)
     return ModelConfig(**base)
 

@@ -50,6 +50,7 @@ CASES = [
     (["optim.lr=-1"], "optim.lr: must be positive"),
     (["parallel.tensor_parallel=3"], "parallel.tensor_parallel: 3 does not divide"),
     (["model.dropout=1.5"], "model.dropout: must be in [0, 1)"),
+    (["model.init=xavier"], "model.init: must be one of paper, scaled, zero_gl, ln_gain"),
     (["max_steps"], "is not of the form key=value"),
     (["data.source=files", "data.path=/nonexistent/dir"], "data.path: not a directory"),
 ]

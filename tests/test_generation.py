@@ -16,6 +16,7 @@ VARIANTS = {
     "megabyte_cross_patch": tiny_model_config(cross_patch_window=3),
     "megabyte_conv": tiny_model_config(conv_encoder=True),
     "megabyte_both": tiny_model_config(cross_patch_window=4, conv_encoder=True),
+    "megabyte_default_init": tiny_model_config(init="ln_gain"),  # the default, issue 12's fix
     "transformer_bytes": tiny_model_config("transformer"),
 }
 

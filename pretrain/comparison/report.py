@@ -6,12 +6,21 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_text
 from pretrain.model.losses import word_perplexity
+
+
+def unigram_entropy(data: bytes) -> float:
+    """Empirical byte-unigram entropy of ``data`` in bits per byte: what a model that ignores
+    all context scores at best (a MEGABYTE stuck at it has not started using the previous byte)."""
+    n = len(data)
+    return -sum(c / n * math.log2(c / n) for c in Counter(data).values())
 
 
 def compressor_bpb(data: bytes) -> Dict[str, float]:

@@ -19,6 +19,7 @@ from pretrain.config.loading import (
 from pretrain.config.schema import (
     CONFIG_DIR,
     DEFAULT_CONFIG,
+    INIT_RECIPES,
     REPO_ROOT,
     CheckpointConfig,
     Config,
@@ -35,7 +36,7 @@ from pretrain.config.schema import (
 from pretrain.config.validation import validate
 
 __all__ = [
-    "CONFIG_DIR", "DEFAULT_CONFIG", "REPO_ROOT", "CheckpointConfig", "Config", "ConfigError",
+    "CONFIG_DIR", "DEFAULT_CONFIG", "INIT_RECIPES", "REPO_ROOT", "CheckpointConfig", "Config", "ConfigError",
     "DataConfig", "Derived", "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
     "SlurmConfig", "StackConfig", "TrainConfig", "add_config_args", "as_dict", "atomic_write_bytes",
     "atomic_write_text", "config_from_dict", "derive", "load_config", "save_resolved", "to_yaml",

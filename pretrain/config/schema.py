@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "quickstart.yaml"
+# Values of ``model.init`` (MEGABYTE only; applied in ``pretrain.model.megabyte``).
+INIT_RECIPES = ("paper", "scaled", "zero_gl", "ln_gain")
 
 
 class ConfigError(ValueError):
@@ -58,6 +60,14 @@ class ModelConfig:
     """Dropout on attention weights and residual branches (never on embeddings), as in the paper."""
     init_std: float = 0.006
     """Std of the truncated-normal init (truncated at +-2 std); the paper reports it matters."""
+    init: str = "ln_gain"
+    """MEGABYTE init recipe (``INIT_RECIPES``): ``paper`` = every weight ~ N(0, init_std), norms 1
+    (its local model sits at the byte-unigram entropy for hundreds of steps, issue 12);
+    ``ln_gain`` = the paper's but the global stack's output LayerNorm gain starts at 0.05, so the
+    global->local term starts well below the previous-byte embedding instead of drowning it;
+    ``zero_gl`` (``w_GL`` = 0) and ``scaled`` (``w_GL`` std / sqrt(D_G)) are the ablated
+    alternatives (``Megabyte._apply_init``, ``python -m bench.init_ablation``).
+    Ignored by ``arch=transformer``."""
     cross_patch_window: int = 0
     """Paper option (a): local attention also sees the last r positions of the previous patch,
     with rotary positions. 0 disables it."""

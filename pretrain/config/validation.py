@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pretrain.config.schema import Config, ConfigError
+from pretrain.config.schema import INIT_RECIPES, Config, ConfigError
 
 
 def _check(cond: bool, key: str, problem: str) -> None:
@@ -70,6 +70,8 @@ def _validate_model(cfg: Config) -> None:
            f"must be 'relu' or 'gelu', got {m.activation!r}")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _check(m.init_std > 0, "model.init_std", f"must be positive, got {m.init_std}")
+    _check(m.init in INIT_RECIPES, "model.init",
+           f"must be one of {', '.join(INIT_RECIPES)}, got {m.init!r}")
 
 
 def _validate_data(cfg: Config) -> None:

@@ -89,6 +89,33 @@ class Megabyte(nn.Module):
         trunc_normal_init_(self, cfg.init_std)
         for pad in (self.global_pad, self.local_pad):
             nn.init.trunc_normal_(pad, std=cfg.init_std, a=-2 * cfg.init_std, b=2 * cfg.init_std)
+        self._apply_init(cfg.init, cfg.init_std)
+
+    @torch.no_grad()
+    def _apply_init(self, recipe: str, std: float) -> None:
+        """Rescale the global->local path after the paper's init (``model.init``).
+
+        The global stack ends in a LayerNorm, so its output is ~1 per dimension and
+        ``w_GL`` (D_G -> D_L, std ``std``) adds ~sqrt(D_G) * std per dimension to the local
+        input, while the previous-byte embedding it is summed with adds ~std (tiny: 0.030 vs
+        0.0053): the byte signal is drowned and the local model sits at the unigram entropy.
+        ``ln_gain`` (default) starts the global output LayerNorm gain at 0.05: the global->local
+        term starts at ~0.28x the byte embedding and, being a product (gain x w_GL), grows
+        multiplicatively. Shrinking ``w_GL`` itself (``scaled``, ``zero_gl``) helps less: Adam
+        moves each of its entries by ~lr per step whatever their size, so after warmup the term
+        is back near the paper's scale. FLOPs and shapes are unchanged.
+        """
+        if recipe == "paper":
+            return
+        if recipe == "scaled":  # w_GL output per dimension ~ std, like the byte embedding
+            s = std / math.sqrt(self.D_G)
+            nn.init.trunc_normal_(self.global_to_local.weight, std=s, a=-2 * s, b=2 * s)
+        elif recipe == "zero_gl":  # the local model starts as a bigram model of the previous byte
+            nn.init.zeros_(self.global_to_local.weight)
+        elif recipe == "ln_gain":  # the issue's lead: global output LayerNorm gain 0.05
+            self.global_model.ln_out.weight.mul_(0.05)
+        else:
+            raise ValueError(f"unknown model.init {recipe!r}")
 
     # ---------------------------------------------------------------- training / scoring
 
