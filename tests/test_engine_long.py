@@ -26,7 +26,13 @@ from tests.test_engine import assert_parity, env, history, torchrun
 STEPS = 60
 LONG = ["logging.log_interval=1", "parallel.zero3_persistence_threshold=0", "train.eval_interval=0",
         f"train.max_steps={STEPS}", "checkpoint.interval=0", "optim.warmup_steps=5",
-        "optim.lr=0.002", "optim.weight_decay=0.1", "model.dropout=0.0"]
+        "optim.lr=0.002", "optim.weight_decay=0.1", "model.dropout=0.0",
+        # The paper's init: with the default ln_gain (global output scaled by 0.05) some weights get
+        # gradients near the fp32 noise floor, where Adam's normalized update is ~lr with a sign set
+        # by rounding; the final weights then differ by ~4e-3 of their largest value between the
+        # torch loop and DeepSpeed (the same 4.2e-3 at TP2xDP2 and TP1xDP2, so not sharding) while
+        # loss (5e-7) and grad norm (6e-6) still agree. This test is about the engine's parity.
+        "model.init=paper"]
 LAYOUTS = {  # name: (processes, tensor parallel, micro-batch per rank, ZeRO stage); global batch 8
     "tp2xdp2_zero3": (4, 2, 4, 3),
     "tp1xdp2_zero2": (2, 1, 4, 2),
