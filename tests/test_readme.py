@@ -111,8 +111,6 @@ def test_the_doc_check_sees_a_wrong_option_and_a_wrong_key(monkeypatch):
 def test_readme_run_paths_match_the_compare_layout():
     """The README points evaluate / generate at runs/quickstart/runs/NAME: the directories the
     quick start's compare writes (its run_dir per model)."""
-    from pretrain.comparison.matching import plan_models  # noqa: F401  (layout defined there)
-
     text = README.read_text()
     for cmd in COMMANDS:
         module, argv = module_and_args(cmd)

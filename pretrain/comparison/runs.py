@@ -45,11 +45,11 @@ def write_heldout(data_dir: Path, heldout: Path, n_bytes: int) -> bytes:
     """The first ``n_bytes`` of the byte dataset's validation split, as the training loop reads
     them, written to ``heldout`` (rewritten only when they changed); every model is scored on it."""
     from data_prep.vocab import ByteVocab
-    from pretrain.data import build_data
+    from pretrain.data import validation_text
 
     cfg = load_config(None, ["data.source=shards", f"data.datasets=[{data_dir / 'bytes'}]",
                              f"data.val_bytes={n_bytes}"])
-    text = build_data(cfg, ByteVocab(), 1).val_text
+    text = validation_text(cfg, ByteVocab(), n_bytes)
     if not text:
         raise ValueError(f"the validation split of {data_dir / 'bytes'} is empty: raise "
                          "--val-fraction or use a larger corpus")

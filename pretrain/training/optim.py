@@ -16,12 +16,10 @@ def decay_split(model: nn.Module) -> Tuple[List[str], List[str]]:
     tagged = getattr(model, "decayed_names", None)
     if tagged is None:
         raise ValueError("the model has no decayed_names tag: build it with pretrain.model.build_model")
-    decay, no_decay, seen = [], [], set()
-    for name, p in model.named_parameters():
-        if id(p) in seen or not p.requires_grad:
-            continue
-        seen.add(id(p))
-        (decay if name in tagged else no_decay).append(name)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():  # yields a shared (tied) parameter once
+        if p.requires_grad:
+            (decay if name in tagged else no_decay).append(name)
     return decay, no_decay
 
 
