@@ -68,6 +68,12 @@ def main() -> None:
         print(json.dumps({"ok": True, "grid": repr(grid), "params": len(report),
                           "decayed": plain[0], "val_bpb_shared": shared["bpb"],
                           "val_bpb_whole": whole["bpb"], "val_rel": rel}))
+    # Leave together: a rank that exits while a peer's gloo threads still talk to it aborts
+    # ("terminate called without an active exception").
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
