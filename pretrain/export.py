@@ -1,30 +1,31 @@
-"""Export a checkpoint as one full-precision safetensors file (TP-aware, ZeRO-aware).
+"""Export any checkpoint as one full-precision safetensors file, offline, in one process.
 
 ``python -m pretrain.export --checkpoint RUN_DIR [--output FILE]``
 
-Works on single-process checkpoints directly. For a DeepSpeed ZeRO / tensor-parallel
-checkpoint it relaunches itself with ``torchrun`` at the checkpoint's layout (the number of
-processes and TP degree it was written with), loads the checkpoint through DeepSpeed, gathers
-every parameter (un-partitioning ZeRO-3, concatenating TP shards along their partition
-dimension) and writes the file from rank 0. DeepSpeed's own exporters are not used: on ZeRO-3 +
-manual TP they refuse or silently write rank 0's shards only.
+Reads the files of a single-process checkpoint, or of a DeepSpeed checkpoint of any TP x DP
+layout and ZeRO stage 0-3, on any machine: no process group, no launcher, not the layout it was
+trained at, no training data (``pretrain.checkpoints.consolidate``: ZeRO partitions joined from
+the fp32 master copies, TP shards concatenated along their partition dimension). Peak memory is
+about one fp32 copy of the model. DeepSpeed's own exporters are not used: on ZeRO-3 + manual TP
+they refuse or write rank 0's shards only.
 
 The file holds the plain single-process parameter names (``pretrain.model``), the resolved
-config in its metadata (and as ``FILE.yaml`` beside it), and loads with
-``pretrain.inference.loading.load_for_inference`` or as ``train.init_from`` of a run at any layout.
+config in its metadata (and as ``FILE.yaml`` beside it), and loads with ``pretrain.evaluate`` /
+``pretrain.generate`` or as ``train.init_from`` of a run at any layout. (Those also take the run
+directory itself: a DeepSpeed checkpoint is consolidated on first use into
+``consolidated.safetensors`` beside it and reused while the checkpoint is unchanged.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from pretrain.config import ConfigError
-from pretrain.parallel.consolidate import export_checkpoint
+from pretrain.checkpoints.consolidate import export_checkpoint
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -46,8 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary))
+    print(json.dumps(summary))
     return 0
 
 

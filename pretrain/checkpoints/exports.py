@@ -2,7 +2,7 @@
 resolved config in its metadata (and as ``FILE.yaml`` beside it).
 
 It loads into the single-process model (``pretrain.inference.loading``) and starts a run at any
-layout (``train.init_from``). Writing it from a checkpoint is :mod:`pretrain.parallel.consolidate`.
+layout (``train.init_from``). Writing it from a checkpoint is :mod:`pretrain.checkpoints.consolidate`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,17 @@ def write_export(path: Path, weights: Dict[str, torch.Tensor], config: Dict[str,
     os.replace(tmp, path)
     atomic_write_text(path.with_name(path.name + ".yaml"), to_yaml(config_from_dict(config)))
     return path
+
+
+def read_export_meta(path: Path) -> Dict[str, Any]:
+    """The ``meta`` record of an export file, without reading its tensors ({} if unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("meta", "{}"))
+    except Exception:  # a broken cache file is rewritten, not an error
+        return {}
 
 
 def read_export(path: Path) -> Dict[str, Any]:

@@ -127,7 +127,8 @@ def _validate_train(cfg: Config) -> None:
     _check(t.max_skipped_in_a_row >= 0, "train.max_skipped_in_a_row",
            f"must be >= 0, got {t.max_skipped_in_a_row}")
     if t.init_from:
-        _check(Path(t.init_from).is_file(), "train.init_from", f"file not found: {t.init_from}")
+        _check(Path(t.init_from).exists(), "train.init_from",
+               f"not found: {t.init_from} (an export file, a run directory or a checkpoint)")
 
 
 def _validate_parallel(cfg: Config) -> None:

@@ -31,7 +31,8 @@ from pretrain.config import Config, Derived, as_dict, derive
 from pretrain.model import build_model, count_params
 from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
 from pretrain.parallel.grid import ParallelGrid, all_ranks_max, init_distributed, mean_over
-from pretrain.parallel.tensor_parallel import build_parallel_model, gather_full_state, rng_tracker
+from pretrain.parallel.tensor_parallel import (build_parallel_model, gather_full_state, rng_tracker,
+                                              tp_partition_dims)
 from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import get_logger
 from pretrain.runtime.rng import rng_state, set_rng_state
@@ -275,7 +276,9 @@ class DeepSpeedTrainer(Trainer):
         tag = store.step_name(self.step)
         client = {"step": self.step, "bytes_seen": self.bytes_seen,
                   "skipped_total": self.skipped_total, "world_size": self.world_size,
-                  "tensor_parallel": self.grid.tp_size, "config": as_dict(self.cfg)}
+                  "tensor_parallel": self.grid.tp_size, "config": as_dict(self.cfg),
+                  # What offline consolidation needs to undo TP (pretrain.checkpoints.consolidate).
+                  "tp_partition": tp_partition_dims(self.model), "param_prefix": "model."}
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client,
                                     save_latest=False)
         rank_state = {"rng": rng_state(), "tp_rng": rng_tracker().get_states(),

@@ -183,6 +183,12 @@ def tp_slice(name: str, full: Tensor, param: nn.Parameter, grid: ParallelGrid) -
     return full.narrow(dim, grid.tp_rank * size, size)
 
 
+def tp_partition_dims(model: nn.Module) -> Dict[str, int]:
+    """{plain parameter name: the dimension its TP shards split} for the TP-sharded parameters."""
+    return {name: int(p.partition_dim) for name, p in model.named_parameters()
+            if getattr(p, "tensor_model_parallel", False)}
+
+
 def _gathered(params, zero3: bool, modifier_rank: Optional[int]):
     if not zero3:
         return contextlib.nullcontext()

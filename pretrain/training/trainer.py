@@ -76,15 +76,16 @@ class Trainer:
         return torch.bfloat16 if self.cfg.train.dtype == "bf16" else None
 
     def initial_weights(self) -> Optional[Dict[str, Any]]:
-        """The export named by ``train.init_from`` (``{"model", "config", "meta"}``), unless a
-        checkpoint to resume from exists (it wins)."""
+        """The weights named by ``train.init_from`` (``{"model", "config", "meta"}``): an export
+        file, or a run directory / checkpoint of any engine and layout (a DeepSpeed one is
+        consolidated offline, cached beside it). A checkpoint to resume from wins."""
         path = self.cfg.train.init_from
         if not path or self.has_checkpoint():
             return None
-        from pretrain.checkpoints.exports import read_export
+        from pretrain.checkpoints.consolidate import read_any
 
-        log.info("initializing from export %s", path)
-        return read_export(Path(path))
+        log.info("initializing from %s", path)
+        return read_any(Path(path))
 
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoints/latest`` exists (a dangling pointer is an error)."""
