@@ -11,8 +11,14 @@
    training bytes (``--budget-bytes``, or ``--budget-flops`` / FLOPs per byte).
 3. Training through the engine (``pretrain.train``; ``--nproc N`` runs it under torchrun), each in
    its own run directory; finished runs are skipped and interrupted ones resume. ``--slurm``
-   submits them as one job array instead (``launch.slurm --sweep``); the same command run again
-   after the jobs finished evaluates and reports.
+   submits the unfinished ones as one Slurm job array instead (``launch.slurm --sweep``; the job
+   ids go to ``OUT/slurm_job.json``), waits for it (a line on stderr whenever a task's state
+   changes) and then goes on below. A task that failed, was cancelled or timed out ends the
+   command with exit 2 naming the run and its Slurm log; running the command again resubmits
+   the unfinished runs, which resume from their checkpoints. Ctrl-C (exit 130) stops only the
+   waiting: the jobs keep running, and the same command, run again while they are queued or
+   running, waits for them instead of submitting again. ``--no-wait`` submits and returns;
+   ``--slurm-dry-run`` prints the job array script only.
 4. Evaluation of all three on the *same* held-out bytes (``OUT/heldout.bin``) in basic, sliding
    and strided (MEGABYTE only) modes, exactly as ``python -m pretrain.evaluate --files
    OUT/heldout.bin`` reports them; gzip -9 and xz -6 on the same bytes as reference points.
@@ -58,12 +64,17 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--modes", default="basic,sliding,strided")
     ap.add_argument("--nproc", type=int, default=1, help="processes per training run (torchrun)")
     ap.add_argument("--slurm", action="store_true",
-                    help="submit the training runs as one Slurm job array and exit; run the same "
-                         "command again once they finished to evaluate and report")
+                    help="train as one Slurm job array, wait for it, then evaluate and report")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="with --slurm: submit and exit; run the same command again to wait for "
+                         "the jobs (or find them finished) and report")
     ap.add_argument("--slurm-dry-run", action="store_true", help="print the job array script only")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (repeatable), e.g. --set train.dtype=bf16")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.no_wait and not args.slurm:
+        ap.error("--no-wait goes with --slurm")
+    return args
 
 
 def matched_runs(args: argparse.Namespace, data_dir: Path) -> List[MatchedRun]:
@@ -88,8 +99,38 @@ def matched_runs(args: argparse.Namespace, data_dir: Path) -> List[MatchedRun]:
     return plans
 
 
+def train_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], out: Path) -> bool:
+    """Submit the unfinished runs to Slurm, or find the submission of an earlier invocation still
+    queued or running (``OUT/slurm_job.json``), and wait for it; False when the command ends
+    here (``--slurm-dry-run``, ``--no-wait``) after printing what it did as JSON."""
+    slurm = [o for o in args.overrides if o.startswith("slurm.")]
+    if args.slurm_dry_run:
+        print(json.dumps(runs.submit_slurm(plans, out, True, slurm)))
+        return False
+    record = runs.job_active(out)
+    if record is not None:
+        log(f"Slurm job {record['job_id']} (submitted {record['submitted']}) is still queued or "
+            "running: waiting for it instead of submitting again")
+        submitted: Dict[str, Any] = {"submitted": False, "job": record}
+    else:
+        submitted = runs.submit_slurm(plans, out, False, slurm)
+        record = submitted["job"]
+    if args.no_wait:
+        log(f"not waiting (--no-wait): run the same command again to wait for Slurm job "
+            f"{record['job_id']} (or find it finished) and report")
+        print(json.dumps(submitted))
+        return False
+    runs.wait_slurm(record, plans)
+    missing = [p.name for p in plans if not runs.finished(p)]
+    if missing:  # not in that submission (e.g. a run directory deleted meanwhile): never train here
+        raise RuntimeError(f"{', '.join(missing)}: not trained by Slurm job {record['job_id']}; "
+                           "run the same command again to submit them")
+    return True
+
+
 def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """Prepare, plan, train, evaluate, report; None when the runs were handed to Slurm."""
+    """Prepare, plan, train (here or on Slurm), evaluate, report; None when the command ends
+    before the report (``--slurm-dry-run``, ``--no-wait``)."""
     out, modes = args.out, [m.strip() for m in args.modes.split(",") if m.strip()]
     out.mkdir(parents=True, exist_ok=True)
     data_dir = runs.prepare_data(args, out)
@@ -97,9 +138,8 @@ def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     heldout = out / "heldout.bin"
     text = runs.write_heldout(data_dir, heldout, args.eval_bytes)
     if (args.slurm or args.slurm_dry_run) and any(not runs.finished(p) for p in plans):
-        slurm = [o for o in args.overrides if o.startswith("slurm.")]
-        print(json.dumps(runs.submit_slurm(plans, out, args.slurm_dry_run, slurm)))
-        return None
+        if not train_on_slurm(args, plans, out):
+            return None
     trained = {p.name: runs.train(p, out, args.nproc) for p in plans}
     evals = {p.name: runs.evaluate(p, heldout, modes, out) for p in plans}
     refs = {"byte unigram": report.unigram_entropy(text), **report.compressor_bpb(text)}
@@ -115,10 +155,15 @@ def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command: 0 with the report; 2 on an error (a failed Slurm job included); 130 when
+    Ctrl-C stopped the waiting for Slurm."""
     args = parse_args(argv)
     t0 = time.perf_counter()
     try:
         summary = run_comparison(args)
+    except runs.WaitInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
     except (ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,8 +5,11 @@ with apt-get when they are missing).
 
 Jobs: a 2-node x 1-process ZeRO-3 run of the tiny MEGABYTE (one world of size 2), the same run
 preempted with ``scancel --signal=USR1`` (checkpoint, requeue, resume, identical result), a
-2-node job that must fail fast on a loopback master address, and a job array of two configs
-after a data-preparation job, with hostile names and paths throughout.
+2-node job that must fail fast on a loopback master address, a job array of two configs
+after a data-preparation job, with hostile names and paths throughout, and ``python -m
+pretrain.compare --slurm`` end to end: it submits the three runs, waits for them and reports (a
+rerun submits nothing); a failed array ends it with exit 2 naming the runs. The waiting logic
+itself is also tested without a cluster (fake job states), first in this file.
 """
 
 from __future__ import annotations
@@ -319,3 +322,266 @@ prepare:
     hits = [p for d in (tmp_path, work, cluster.dir, ROOT) for p in
             (d.rglob(f"{MARK}_*") if d != ROOT else d.glob(f"{MARK}_*"))]
     assert not hits, f"an injected command ran: {hits}"
+
+
+# --------------------------------------------------------------------------------------------
+# pretrain.compare --slurm: waiting for the job array (no cluster: fake job states)
+# --------------------------------------------------------------------------------------------
+
+SCONTROL = """JobId=12 ArrayJobId=12 ArrayTaskId=1-2%3 JobName=compare JobState=PENDING Reason=None
+JobId=13 ArrayJobId=12 ArrayTaskId=0 JobName=a JobState=RUNNING Reason=None Dependency=(null)
+"""
+
+
+def test_parse_job_states():
+    from pretrain.comparison.runs import parse_sacct, parse_scontrol, task_indices
+
+    assert task_indices("0-2%1") == [0, 1, 2] and task_indices("[1,4-5]") == [1, 4, 5]
+    assert parse_scontrol(SCONTROL) == {0: "RUNNING", 1: "PENDING", 2: "PENDING"}
+    assert parse_scontrol("JobId=7 JobName=x JobState=COMPLETED Reason=None\n") == {None: "COMPLETED"}
+    assert parse_sacct("12_0|COMPLETED\n12_[1-2]|PENDING\n") == {0: "COMPLETED", 1: "PENDING",
+                                                                 2: "PENDING"}
+    assert parse_sacct("7|CANCELLED by 0\n") == {None: "CANCELLED"}
+
+
+def _fake_plans(tmp_path: Path, names=("megabyte", "transformer_bytes", "transformer_subword")):
+    from pretrain.comparison.matching import MatchedRun
+    from pretrain.config import load_config
+
+    return [MatchedRun(n, load_config(None, [f"run_dir={tmp_path / n}", "train.max_steps=3"]), 1.0, 1)
+            for n in names]
+
+
+def _finish(plan) -> None:
+    Path(plan.cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(plan.cfg.run_dir) / "results.json").write_text(json.dumps({"steps": 3}))
+
+
+def _fake_query(sequence: List[Dict[Optional[int], str]]):
+    """A job-state query that returns the next states of ``sequence`` on every poll (then the
+    last one); the list of job ids asked for is its ``asked`` attribute."""
+    def query(job_id: str) -> Optional[Dict[Optional[int], str]]:
+        query.asked.append(job_id)
+        return sequence[min(len(query.asked) - 1, len(sequence) - 1)]
+    query.asked = []
+    return query
+
+
+def test_compare_waits_then_names_the_failed_run(tmp_path, capsys):
+    from pretrain.comparison import runs
+
+    plans = _fake_plans(tmp_path)
+    record = runs.record_job(tmp_path, plans, {"job_id": "12", "array_size": 3,
+                                               "log": str(tmp_path / "slurm-12_%a.out")})
+    assert json.loads((tmp_path / "slurm_job.json").read_text()) == record
+    states = [{i: "PENDING" for i in range(3)}] * 3 + [
+        {0: "RUNNING", 1: "PENDING", 2: "PENDING"}, {0: "RUNNING", 1: "RUNNING", 2: "PENDING"},
+        {0: "COMPLETED", 1: "FAILED", 2: "RUNNING"}, {0: "COMPLETED", 1: "FAILED", 2: "COMPLETED"}]
+    query, sleeps = _fake_query(states), []
+    assert runs.job_active(tmp_path, query) == record  # a rerun now would wait, not submit
+    _finish(plans[0])
+    _finish(plans[2])
+    with pytest.raises(RuntimeError) as err:
+        runs.wait_slurm(record, plans, _fake_query(states), sleeps.append)
+    msg = str(err.value)
+    assert "\n" not in msg and "Slurm job 12" in msg, msg
+    assert f"transformer_bytes FAILED (log {tmp_path / 'slurm-12_1.out'})" in msg, msg
+    assert "megabyte" not in msg and "transformer_subword" not in msg, msg
+    assert len(sleeps) == len(states) - 1 and all(1 <= s <= 30 for s in sleeps)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Slurm job 12" in line]
+    assert len(lines) == 5, lines  # one line per change of state, not one per poll
+    assert lines[0].endswith("pending megabyte, transformer_bytes, transformer_subword")
+    assert lines[1].endswith("running megabyte; pending transformer_bytes, transformer_subword")
+    assert lines[-1].endswith("completed megabyte, transformer_subword; failed transformer_bytes")
+    # Every task ended: a rerun submits again (the unfinished run resumes from its checkpoint).
+    assert runs.job_active(tmp_path, _fake_query(states[-1:])) is None
+
+
+def test_compare_wait_success_unfinished_and_interrupt(tmp_path):
+    from pretrain.comparison import runs
+
+    plans = _fake_plans(tmp_path, ("megabyte",))
+    record = runs.record_job(tmp_path, plans, {"job_id": "7", "array_size": None, "prepare_job_id":
+                                               "6", "prepare_log": "p.out", "log": "slurm-7.out"})
+    assert [(t.name, t.job_id, t.index) for t in runs.slurm_tasks(record)] == [
+        ("data preparation", "6", None), ("megabyte", "7", None)]
+    done = {"6": {None: "COMPLETED"}, "7": {None: "COMPLETED"}}
+    with pytest.raises(RuntimeError, match=r"megabyte ended without finishing its 3 steps "
+                                           r"\(log slurm-7.out\)"):
+        runs.wait_slurm(record, plans, done.get, lambda s: None)
+    _finish(plans[0])
+    runs.wait_slurm(record, plans, done.get, lambda s: None)
+    # Forgotten by Slurm (after MinJobAge, no accounting): judged by the run's results.
+    runs.wait_slurm(record, plans, lambda job: None, lambda s: None)
+    running = {"6": {None: "COMPLETED"}, "7": {None: "RUNNING"}}
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(runs.WaitInterrupted, match="Slurm job 7 keeps running .*run the same "
+                                                   "command again"):
+        runs.wait_slurm(record, plans, running.get, ctrl_c)
+
+
+# --------------------------------------------------------------------------------------------
+# pretrain.compare --slurm on the real cluster
+# --------------------------------------------------------------------------------------------
+
+COMPARE_FILES = ("textwrap.py", "argparse.py", "codecs.py", "csv.py", "string.py", "shlex.py",
+                 "glob.py", "fnmatch.py", "difflib.py", "pprint.py", "random.py", "calendar.py",
+                 "heapq.py", "bisect.py", "copy.py", "enum.py", "dataclasses.py", "typing.py")
+
+
+@pytest.fixture(scope="module")
+def compare_data(tmp_path_factory) -> Path:
+    """A small prepared corpus (stdlib modules, as in tests/test_compare.py), prepared exactly
+    as ``pretrain.compare`` prepares one."""
+    import argparse
+
+    from pretrain.comparison.runs import prepare_data
+
+    base = tmp_path_factory.mktemp("compare_data")
+    corpus = base / "corpus"
+    corpus.mkdir()
+    stdlib = Path(os.__file__).parent
+    for name in COMPARE_FILES:
+        (corpus / name).write_bytes((stdlib / name).read_bytes())
+    args = argparse.Namespace(data=None, corpus=[corpus], vocab_size=1000,
+                              max_corpus_bytes=16_000_000, val_fraction=0.25)
+    return prepare_data(args, base)
+
+
+def compare_cmd(data: Path, out: Path, *extra: str) -> List[str]:
+    """``pretrain.compare --slurm`` at the smallest budget (two steps per model)."""
+    sets = ["slurm.cpus_per_task=1", "slurm.time=00:10:00", "slurm.signal_seconds=60",
+            "slurm.env.OMP_NUM_THREADS=1", "data.val_bytes=8192", *extra]
+    return [sys.executable, "-m", "pretrain.compare", "--slurm", "--data", str(data), "--out",
+            str(out), "--budget-bytes", "8192", "--eval-bytes", "2000",
+            *[arg for s in sets for arg in ("--set", s)]]
+
+
+@pytest.fixture(scope="module")
+def compare_on_slurm(cluster, compare_data, tmp_path_factory):
+    """The same ``pretrain.compare --slurm`` command twice: it submits, waits and reports; the
+    second run finds the finished runs."""
+    out = tmp_path_factory.mktemp("compare_slurm") / "cmp"
+    cmd = compare_cmd(compare_data, out)
+    t0 = time.monotonic()
+    first = cluster.run(*cmd, check=False, timeout=900)
+    seconds = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr[-6000:]
+    record = (out / "slurm_job.json").read_text()
+    second = cluster.run(*cmd, check=False, timeout=600)
+    assert second.returncode == 0, second.stderr[-6000:]
+    print(f"compare --slurm: {seconds:.1f} s, rerun {time.monotonic() - t0 - seconds:.1f} s")
+    return out, first, second, record
+
+
+def test_compare_on_slurm_waits_and_reports(compare_on_slurm):
+    import math
+
+    out, first, _, record = compare_on_slurm
+    names = ("megabyte", "transformer_bytes", "transformer_subword")
+    job = json.loads(record)
+    assert [r["name"] for r in job["runs"]] == list(names) and job["array"] is True
+    assert "submitting 3 runs" in first.stderr
+    assert f"Slurm job {job['job_id']}" in first.stderr and "completed megabyte" in first.stderr
+    rows = [line.split("|")[1:-1] for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| ")]
+    head = [c.strip() for c in rows[0]]
+    cols = [i for i, c in enumerate(head) if c.startswith("bpb ")]
+    table = {r[0].strip(): [c.strip() for c in r] for r in rows[1:]}
+    for name in names:
+        bpb = [float(table[name][i]) for i in cols if table[name][i] != "n/a"]
+        assert len(bpb) == (3 if name == "megabyte" else 2), table[name]
+        assert all(math.isfinite(b) and 0 < b < 16 for b in bpb), table[name]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert set(summary["models"]) == set(names)
+    for model in summary["models"].values():
+        assert model["training"]["steps"] == 2, model["training"]
+        assert model["eval"]["basic"]["bytes"] == summary["heldout_bytes"]
+        assert all(math.isfinite(r["bpb"]) for r in model["eval"].values())
+    assert Path(summary["report"]) == out / "report.md"
+
+
+def test_compare_on_slurm_rerun_submits_nothing(compare_on_slurm):
+    out, first, second, record = compare_on_slurm
+    assert second.stderr.count("finished earlier") == 3, second.stderr[-3000:]
+    assert "[compare] submitting" not in second.stderr and "Slurm job" not in second.stderr
+    assert (out / "slurm_job.json").read_text() == record
+    a, b = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (first, second))
+    assert {n: m["eval"] for n, m in a["models"].items()} == {
+        n: m["eval"] for n, m in b["models"].items()}
+    assert a["references"] == b["references"]
+
+
+def test_compare_on_slurm_failed_array_exits_2_naming_the_runs(cluster, compare_data, tmp_path):
+    """Every task fails at once (the job cannot source its environment): exit 2, one line
+    naming each run and its log; nothing is evaluated."""
+    out = tmp_path / "cmp"
+    proc = cluster.run(*compare_cmd(compare_data, out, "slurm.activate=/nonexistent/activate"),
+                       check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    job = json.loads((out / "slurm_job.json").read_text())
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: Slurm job {job['job_id']}: "), error
+    for i, run in enumerate(job["runs"]):
+        log = out / "launch" / f"slurm-{job['job_id']}_{i}.out"
+        assert run["log"] == str(log)
+        assert f"{run['name']} FAILED (log {log})" in error, error
+        assert "could not source /nonexistent/activate" in read_log(log)
+    assert not (out / "report.md").exists() and not (out / "eval").exists()
+
+
+def test_compare_on_slurm_rerun_waits_for_the_queued_job_and_ctrl_c_leaves_it(cluster, compare_data,
+                                                                             tmp_path):
+    """A held array (``sbatch --hold``: it stays pending): ``--no-wait`` submits it; a rerun
+    finds it queued and submits nothing; Ctrl-C while waiting leaves it queued (exit 130); once
+    it is cancelled, the waiting command ends with exit 2 naming the cancelled runs."""
+    import signal
+    import threading
+
+    out = tmp_path / "cmp"
+    cmd = compare_cmd(compare_data, out, "slurm.extra_directives=[--hold]")
+    first = cluster.run(*cmd, "--no-wait", check=False, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sub = json.loads(first.stdout.strip().splitlines()[-1])
+    job = sub["job"]["job_id"]
+    assert sub["submitted"] is True and "run the same command again" in first.stderr
+    try:
+        again = cluster.run(*cmd, "--no-wait", check=False, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout.strip().splitlines()[-1]) == {"submitted": False,
+                                                                     "job": sub["job"]}
+        assert "[compare] submitting" not in again.stderr
+        assert f"Slurm job {job} (submitted " in again.stderr and "still queued" in again.stderr
+
+        def wait_then(action) -> subprocess.CompletedProcess:
+            """Run the waiting command; once it reports the pending job, call ``action``."""
+            proc = subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            killer = threading.Timer(180, proc.kill)
+            killer.start()
+            seen = []
+            for line in proc.stderr:
+                seen.append(line)
+                if f"Slurm job {job} (" in line and "pending megabyte" in line:
+                    action(proc)
+                    break
+            stdout, rest = proc.communicate()
+            killer.cancel()
+            return subprocess.CompletedProcess(cmd, proc.returncode, stdout, "".join(seen) + rest)
+
+        stopped = wait_then(lambda proc: proc.send_signal(signal.SIGINT))
+        assert stopped.returncode == 130, stopped.stderr[-3000:]
+        assert f"Slurm job {job} keeps running" in stopped.stderr
+        assert "[compare] submitting" not in stopped.stderr and "Traceback" not in stopped.stderr
+        states = {t["JobState"] for t in cluster.job_states(job)}
+        assert states == {"PENDING"}, states
+        cancelled = wait_then(lambda proc: cluster.run("scancel", job))
+        assert cancelled.returncode == 2, cancelled.stderr[-3000:]
+        (error,) = [line for line in cancelled.stderr.splitlines() if line.startswith("error:")]
+        for i, name in enumerate(("megabyte", "transformer_bytes", "transformer_subword")):
+            assert f"{name} CANCELLED (log {out / 'launch' / f'slurm-{job}_{i}.out'})" in error
+    finally:
+        cluster.run("scancel", job, check=False)

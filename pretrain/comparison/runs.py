@@ -1,17 +1,20 @@
 """The comparison's steps: prepare the corpus once, train every matched run (finished runs are
-skipped, interrupted ones resume; ``--nproc`` under torchrun; or one Slurm job array), and score
-each final checkpoint on the shared held-out bytes exactly as ``pretrain.evaluate --files`` does.
+skipped, interrupted ones resume; ``--nproc`` under torchrun; or one Slurm job array, recorded in
+``OUT/slurm_job.json`` and waited for), and score each final checkpoint on the shared held-out
+bytes exactly as ``pretrain.evaluate --files`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_bytes, atomic_write_text, load_config, to_yaml
@@ -66,9 +69,10 @@ def write_config(plan: MatchedRun, out: Path) -> Path:
 
 
 def submit_slurm(plans: List[MatchedRun], out: Path, dry_run: bool, slurm: List[str]) -> Dict[str, Any]:
-    """Submit the unfinished runs as one Slurm job array (``launch.slurm --sweep``)."""
-    runs = [{"config": str(write_config(plan, out)), "overrides": []}
-            for plan in plans if not finished(plan)]
+    """Submit the unfinished runs as one Slurm job array (``launch.slurm --sweep``) and record
+    the job in ``OUT/slurm_job.json`` (``job``); ``dry_run`` only renders the script (``launch``)."""
+    todo = [plan for plan in plans if not finished(plan)]
+    runs = [{"config": str(write_config(plan, out)), "overrides": []} for plan in todo]
     if not runs:
         return {"submitted": False, "reason": "every run has finished"}
     sweep = out / "sweep.yaml"
@@ -80,7 +84,204 @@ def submit_slurm(plans: List[MatchedRun], out: Path, dry_run: bool, slurm: List[
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         raise RuntimeError(f"launch.slurm failed (exit {proc.returncode})")
-    return {"submitted": not dry_run, "sweep": str(sweep), "launch": proc.stdout.strip()}
+    result: Dict[str, Any] = {"submitted": not dry_run, "sweep": str(sweep),
+                              "launch": proc.stdout.strip()}
+    if not dry_run:
+        result["job"] = record_job(out, todo, json.loads(proc.stdout.strip().splitlines()[-1]))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting for the Slurm jobs
+# --------------------------------------------------------------------------------------------
+
+JOB_RECORD = "slurm_job.json"
+# Job states after which a job (or array task) runs no more; anything else may still change
+# (PENDING, RUNNING, COMPLETING, REQUEUED, SUSPENDED, ...). GONE: Slurm no longer knows the job.
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                   "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "GONE"})
+# Job id -> state per array task index (None: a job that is not an array); None when Slurm no
+# longer knows the job.
+Query = Callable[[str], Optional[Dict[Optional[int], str]]]
+
+
+class WaitInterrupted(Exception):
+    """Ctrl-C while waiting: the jobs keep running, the same command resumes."""
+
+
+@dataclasses.dataclass
+class SlurmTask:
+    """One thing to wait for: a training run (an array task or a job) or the preparation job."""
+
+    name: str
+    job_id: str
+    index: Optional[int]
+    log: str
+
+
+def record_job(out: Path, todo: List[MatchedRun], launched: Dict[str, Any]) -> Dict[str, Any]:
+    """Write ``OUT/slurm_job.json`` (atomically) from ``launch.slurm``'s JSON: the job ids and,
+    in array order, each run's name and log; a rerun waits for this job instead of submitting."""
+    log_pattern = str(launched["log"])
+    record = {"job_id": str(launched["job_id"]), "array": bool(launched.get("array_size")),
+              "prepare_job_id": launched.get("prepare_job_id"),
+              "prepare_log": launched.get("prepare_log"),
+              "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "runs": [{"name": plan.name, "run_dir": str(plan.cfg.run_dir),
+                        "log": log_pattern.replace("%a", str(i))} for i, plan in enumerate(todo)]}
+    atomic_write_text(out / JOB_RECORD, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def slurm_tasks(record: Dict[str, Any]) -> List[SlurmTask]:
+    """What a recorded submission waits for: the preparation job (if any), then every run."""
+    tasks = []
+    if record.get("prepare_job_id"):
+        tasks.append(SlurmTask("data preparation", str(record["prepare_job_id"]), None,
+                               str(record.get("prepare_log"))))
+    for i, run in enumerate(record["runs"]):
+        tasks.append(SlurmTask(run["name"], str(record["job_id"]), i if record["array"] else None,
+                               run["log"]))
+    return tasks
+
+
+def task_indices(text: str) -> List[int]:
+    """Array task indices of ``scontrol``'s ``ArrayTaskId`` or ``sacct``'s ``JOB_[...]``:
+    ``3``, ``0-2``, ``1,4-5``, ``0-7%2`` (a throttle), ``[1-2]``."""
+    indices: List[int] = []
+    for part in text.strip("[]").split("%", 1)[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            indices += list(range(int(lo), int(hi or lo) + 1)) if (hi or lo).isdigit() else []
+    return indices
+
+
+def parse_scontrol(text: str) -> Dict[Optional[int], str]:
+    """States from ``scontrol show job -o`` (one line per job or array task, or one line for
+    several tasks still pending together)."""
+    states: Dict[Optional[int], str] = {}
+    for line in text.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobState" not in fields:
+            continue
+        if fields.get("ArrayTaskId"):
+            states.update({i: fields["JobState"] for i in task_indices(fields["ArrayTaskId"])})
+        else:
+            states[None] = fields["JobState"]
+    return states
+
+
+def parse_sacct(text: str) -> Dict[Optional[int], str]:
+    """States from ``sacct -X -n -P -o JobID,State`` (``12_0|COMPLETED``, ``12_[1-2]|PENDING``,
+    ``13|CANCELLED by 0``)."""
+    states: Dict[Optional[int], str] = {}
+    for line in text.splitlines():
+        job, _, state = line.strip().partition("|")
+        if not state:
+            continue
+        state = state.split()[0]
+        if "_" in job:
+            states.update({i: state for i in task_indices(job.split("_", 1)[1])})
+        else:
+            states[None] = state
+    return states
+
+
+def slurm_states(job_id: str) -> Optional[Dict[Optional[int], str]]:
+    """The job's states from ``scontrol show job -o``, else (a job the controller has already
+    forgotten, after ``MinJobAge``) from ``sacct``; None when neither knows it. Any other
+    scontrol failure (the controller unreachable) raises OSError."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                              text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as err:
+        raise OSError(f"scontrol show job {job_id}: {err}") from None
+    if proc.returncode == 0:
+        return parse_scontrol(proc.stdout) or None
+    if "invalid job id" not in proc.stderr.lower():
+        raise OSError(f"scontrol show job {job_id} failed: {proc.stderr.strip()}")
+    try:
+        proc = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job_id],
+                              capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    return (parse_sacct(proc.stdout) or None) if proc.returncode == 0 else None
+
+
+def poll(tasks: List[SlurmTask], query: Query) -> Dict[str, str]:
+    """Each task's current state (one query per job id); GONE for a job Slurm forgot."""
+    jobs = {job_id: query(job_id) for job_id in dict.fromkeys(t.job_id for t in tasks)}
+    states = {}
+    for t in tasks:
+        known = jobs[t.job_id]
+        states[t.name] = "GONE" if known is None else known.get(t.index, "GONE")
+    return states
+
+
+def describe(states: Dict[str, str]) -> str:
+    """``running megabyte; pending transformer_bytes, transformer_subword``."""
+    groups: Dict[str, List[str]] = {}
+    for name, state in states.items():
+        groups.setdefault("finished (no longer known to Slurm)" if state == "GONE" else
+                          state.lower(), []).append(name)
+    return "; ".join(f"{state} {', '.join(names)}" for state, names in groups.items())
+
+
+def job_active(out: Path, query: Query = slurm_states) -> Optional[Dict[str, Any]]:
+    """The recorded submission (``OUT/slurm_job.json``) while any of its jobs is still queued or
+    running, else None (never submitted, or every job ended)."""
+    path = out / JOB_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    states = poll(slurm_tasks(record), query)
+    return record if any(s not in ENDED for s in states.values()) else None
+
+
+def wait_slurm(record: Dict[str, Any], plans: List[MatchedRun], query: Query = slurm_states,
+               sleep: Callable[[float], None] = time.sleep) -> None:
+    """Wait until every job of the recorded submission ended, logging each change of state;
+    then every run must have COMPLETED and finished its steps, else RuntimeError naming the
+    failed runs and their logs. Ctrl-C raises :class:`WaitInterrupted` (the jobs keep running)."""
+    tasks, job, t0 = slurm_tasks(record), record["job_id"], time.monotonic()
+    shown, states = "", {}
+    try:
+        while not states or any(s not in ENDED for s in states.values()):
+            if states:
+                sleep(min(30.0, 1.0 + (time.monotonic() - t0) / 20))
+            try:
+                states = poll(tasks, query)
+            except OSError as err:
+                states = states or {t.name: "UNKNOWN" for t in tasks}
+                line = f"cannot ask Slurm ({err}); retrying"
+            else:
+                line = describe(states)
+            if line != shown:
+                log(f"Slurm job {job} ({time.monotonic() - t0:.0f} s): {line}")
+                shown = line
+    except KeyboardInterrupt:
+        raise WaitInterrupted(f"interrupted: Slurm job {job} keeps running (scancel {job} stops "
+                              "it); run the same command again to resume waiting and report") \
+            from None
+    check_outcome(tasks, states, plans, job)
+
+
+def check_outcome(tasks: List[SlurmTask], states: Dict[str, str], plans: List[MatchedRun],
+                  job: str) -> None:
+    """RuntimeError (one line) naming each run whose job did not complete, or that completed
+    without finishing its planned steps, with its Slurm log."""
+    by_name = {p.name: p for p in plans}
+    bad = []
+    for t in tasks:
+        plan = by_name.get(t.name)
+        if states[t.name] not in ("COMPLETED", "GONE"):
+            bad.append(f"{t.name} {states[t.name]} (log {t.log})")
+        elif plan is not None and not finished(plan):
+            bad.append(f"{t.name} ended without finishing its {plan.cfg.train.max_steps} steps "
+                       f"(log {t.log})")
+    if bad:
+        raise RuntimeError(f"Slurm job {job}: {'; '.join(bad)}; fix the cause and run the same "
+                           "command again to resubmit (training resumes from checkpoints)")
 
 
 def train(plan: MatchedRun, out: Path, nproc: int) -> Dict[str, Any]:
