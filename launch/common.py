@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from data_prep.atomic import atomic_write_text
 from launch.slurm_config import validate_slurm
-from pretrain.config import REPO_ROOT, Config, ConfigError, derive, load_config, to_yaml
+from pretrain.config import (REPO_ROOT, Config, ConfigError, derive, load_config,
+                             slurm_procs_per_node, to_yaml)
 from pretrain.runtime.processes import EXIT_REQUEUE
 
 LAUNCH_DIR = "launch"
@@ -52,8 +53,7 @@ def world_size(cfg: Config, nodes: int, procs_per_node: int) -> int:
 
 def procs_per_node(cfg: Config) -> int:
     """Training processes per node of a Slurm job (``slurm.procs_per_node``, else one per GPU)."""
-    s = cfg.slurm
-    return s.procs_per_node or s.gpus_per_node or 1
+    return slurm_procs_per_node(cfg)
 
 
 def save_run_config(cfg: Config) -> Path:

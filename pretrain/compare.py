@@ -84,8 +84,9 @@ def matched_runs(args: argparse.Namespace, data_dir: Path) -> List[MatchedRun]:
 
     bpt = bytes_per_token(json.loads((data_dir / "tokens" / "manifest.json").read_text()))
     sp_vocab = spm.SentencePieceProcessor(model_file=str(data_dir / "tokenizer.model")).get_piece_size()
+    slurm = args.slurm or args.slurm_dry_run
     plans = plan_models(args.size, data_dir, args.out, args.budget_bytes, args.budget_flops, bpt,
-                        sp_vocab, list(args.overrides))
+                        sp_vocab, list(args.overrides), None if slurm else args.nproc)
     base = plans[0].train_flops_per_byte
     for plan in plans:
         m = plan.cfg.model

@@ -132,3 +132,25 @@ def test_slurm_job_array_dry_run(compared, tmp_path):
     assert "#SBATCH --array=0-2" in result["launch"]
     for name in ("megabyte", "transformer_bytes", "transformer_subword"):
         assert (tmp_path / "cmp" / "configs" / f"{name}.yaml").is_file()
+
+
+def test_compare_on_two_processes_ends_with_the_report_and_the_same_numbers(compared, tmp_path):
+    """``--nproc 2``: every model trains under torchrun (the DeepSpeed engine, DP=2), is read back
+    from its DeepSpeed checkpoint and reported; the numbers are the one-process run's (the same
+    global batches, split over two data-parallel ranks)."""
+    out, summary, _ = compared
+    cmd = [sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"), "--out",
+           str(tmp_path / "cmp"), "--budget-bytes", "16384", "--eval-bytes", "3000",
+           "--nproc", "2", "--set", "train.eval_interval=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    for name in ("megabyte", "transformer_bytes", "transformer_subword"):
+        assert f"| {name} |" in report
+        ckpt = Path(two["models"][name]["run_dir"]) / "checkpoints"
+        assert list(ckpt.glob("step_*/rank_00001.pt")), f"{name} did not train on 2 ranks"
+        for mode, r in summary["models"][name]["eval"].items():
+            got = two["models"][name]["eval"][mode]["bpb"]
+            assert got == pytest.approx(r["bpb"], rel=1e-4), (name, mode, got, r["bpb"])

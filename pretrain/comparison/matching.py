@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from pretrain.config import Config, ModelConfig, StackConfig, load_config
+from pretrain.config import Config, ModelConfig, StackConfig, load_config, slurm_procs_per_node
 from pretrain.model.flops import flops_per_byte
 
 MATCH_TOLERANCE = 0.05
@@ -78,8 +78,13 @@ def match_transformer(target: float, seq_len: int, vocab: str, tokenizer: Option
 
 def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int],
                 budget_flops: Optional[float], bytes_per_token: float, sp_vocab: int,
-                extra: List[str]) -> List[MatchedRun]:
-    """Configs for the three models at matched training FLOPs per byte and equal budgets."""
+                extra: List[str], world_size: Optional[int] = 1) -> List[MatchedRun]:
+    """Configs for the three models at matched training FLOPs per byte and equal budgets.
+
+    The global batch (sequences per update) is fixed by the size class, whatever the layout:
+    on ``world_size`` processes (None: the plan's Slurm job, nodes x processes per node) each
+    data-parallel rank gets its share as micro-batch, so 1 and N processes train on the same
+    batches and budgets."""
     s = SIZES[size]
     mb = megabyte_model(size)
     target = flops_per_byte(mb, 259, training=True)
@@ -121,11 +126,25 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
         ]
         if model.tokenizer:
             overrides.append(f"model.tokenizer={model.tokenizer}")
-        cfg = load_config(None, overrides + list(extra))
+        cfg = _split_batch(name, load_config(None, overrides + list(extra)), overrides + list(extra),
+                           micro, world_size)
         f = flops_per_byte(cfg.model, 259 if model.vocab == "bytes" else sp_vocab + 3,
                            bytes_per_token if model.vocab == "sentencepiece" else 1.0, training=True)
         plans.append(MatchedRun(name, cfg, f, _count_params(cfg)))
     return plans
+
+
+def _split_batch(name: str, cfg: Config, overrides: List[str], micro: int,
+                 world_size: Optional[int]) -> Config:
+    """``cfg`` with ``micro`` global sequences split over its data-parallel ranks."""
+    world = world_size or cfg.slurm.nodes * slurm_procs_per_node(cfg)
+    dp = max(1, world // cfg.parallel.tensor_parallel)
+    if dp == 1:
+        return cfg
+    if micro % dp:
+        raise ValueError(f"{name}: its global batch of {micro} sequences does not split over "
+                         f"{dp} data-parallel ranks; choose a process count that divides it")
+    return load_config(None, overrides + [f"train.micro_batch_size={micro // dp}"])
 
 
 def _count_params(cfg: Config) -> int:

@@ -7,7 +7,7 @@
 """
 
 from data_prep.atomic import atomic_write_bytes, atomic_write_text
-from pretrain.config.derived import Derived, derive
+from pretrain.config.derived import Derived, derive, slurm_procs_per_node
 from pretrain.config.loading import (
     add_config_args,
     as_dict,
@@ -39,6 +39,6 @@ __all__ = [
     "CONFIG_DIR", "DEFAULT_CONFIG", "INIT_RECIPES", "REPO_ROOT", "CheckpointConfig", "Config", "ConfigError",
     "DataConfig", "Derived", "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
     "SlurmConfig", "StackConfig", "TrainConfig", "add_config_args", "as_dict", "atomic_write_bytes",
-    "atomic_write_text", "config_from_dict", "derive", "load_config", "save_resolved", "to_yaml",
+    "atomic_write_text", "config_from_dict", "derive", "slurm_procs_per_node", "load_config", "save_resolved", "to_yaml",
     "validate",
 ]

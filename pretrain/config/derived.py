@@ -23,6 +23,13 @@ class Derived:
     """Tokens per update: bytes for byte models, subword tokens for the subword baseline."""
 
 
+def slurm_procs_per_node(cfg: Config) -> int:
+    """Training processes per node of a Slurm job (``slurm.procs_per_node``, else one per GPU,
+    else one)."""
+    s = cfg.slurm
+    return s.procs_per_node or s.gpus_per_node or 1
+
+
 def derive(cfg: Config, world_size: int = 1) -> Derived:
     """Compute the batch algebra once: ``global = micro * accum * dp`` (sequences, then units)."""
     tp = cfg.parallel.tensor_parallel
