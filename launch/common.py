@@ -16,8 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from data_prep.atomic import atomic_write_text
 from launch.slurm_config import validate_slurm
-from pretrain.config import (REPO_ROOT, Config, ConfigError, derive, load_config,
-                             slurm_procs_per_node, to_yaml)
+from pretrain.config import REPO_ROOT, Config, ConfigError, derive, load_config, slurm_procs_per_node, to_yaml
 from pretrain.runtime.processes import EXIT_REQUEUE
 
 LAUNCH_DIR = "launch"

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from pretrain.config import ConfigError
 from pretrain.checkpoints.consolidate import export_checkpoint
+from pretrain.config import ConfigError
 
 
 def main(argv: Optional[List[str]] = None) -> int:

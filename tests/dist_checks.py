@@ -21,6 +21,23 @@ def main() -> None:
     cfg = load_config(CONFIG_DIR / "debug.yaml", sys.argv[1:])
     trainer = DeepSpeedTrainer(cfg)
     grid = trainer.grid
+    # The distributed build (one parameter at a time, TP slice + ZeRO partition per rank) starts
+    # from exactly the single process's initial weights, bit for bit.
+    import torch
+
+    from pretrain.model import build_model
+
+    v = trainer.vocab
+    if cfg.train.init_from:  # or from the weights named by init_from, read slice by slice
+        from pretrain.checkpoints.consolidate import read_any
+
+        start = read_any(Path(cfg.train.init_from))["model"]
+    else:
+        start = build_model(cfg.model, v.vocab_size, v.pad_id, v.bos_id,
+                            seed=cfg.train.seed).state_dict()
+    built = trainer.full_state()
+    for name, value in start.items():
+        assert torch.equal(built[name], value), f"{name}: distributed initial weights differ"
     report = {}
     for name, p in trainer.model.named_parameters():
         full_shape = tuple(p.ds_shape)  # this TP rank's (un-partitioned) shape
@@ -46,10 +63,8 @@ def main() -> None:
     Dl = cfg.model.local_model.dim
     assert local_qkv["tp_shape"] == (3 * Dl, Dl) and not local_qkv["tp"], local_qkv
     # Weight decay by role: the same parameter names as the plain single-process model.
-    from pretrain.model import build_model
     from pretrain.training.optim import decay_split
 
-    v = trainer.vocab
     plain = decay_split(build_model(cfg.model, v.vocab_size, v.pad_id, v.bos_id))
     assert decay_split(trainer.model) == plain, (decay_split(trainer.model), plain)
     assert "global_model.blocks.0.attn.qkv.weight" in plain[0]

@@ -135,7 +135,7 @@ def test_bench_generation_fast():
 
 
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
-                                    "gpu_bench.py"])
+                                    "gpu_bench.py", "build_memory.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT, text=True,
                           capture_output=True)
@@ -146,3 +146,25 @@ def test_gpu_script_smoke_on_cpu(tmp_path):
     out = run_bench("bench/gpu_bench.py", "--smoke", "--output", str(tmp_path / "gpu.json"))
     assert [r.get("benchmark") for r in out["runs"]] == ["throughput", "mfu", "generation"]
     assert json.loads((tmp_path / "gpu.json").read_text())["smoke"] is True
+
+
+def test_distributed_build_keeps_no_whole_model_per_rank(tmp_path):
+    """bench.build_memory on 4 CPU ranks, TP=2 x DP=2 ZeRO-3, a 0.41 GB model: the old build
+    (whole reference model + clone on every rank) adds about 2 model copies per rank; the new one
+    about its quarter share plus a fixed overhead. Measured at 1 GB (README): 0.37 x vs 2.0 x."""
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.build_memory", "--dim", "1024", "--layers",
+                           "8", "--json", str(out)], cwd=ROOT, text=True, capture_output=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    size, worst = r["model_bytes"], r["worst_extra"]
+    assert size > 0.4e9
+    assert worst["old"] >= 1.8 * size, r["worst_extra"]
+    assert worst["new"] <= 0.6 * size, r["worst_extra"]
+    assert r["ratio_new_old"] == pytest.approx(worst["new"] / worst["old"])
+    assert r["ratio_new_old"] <= 0.3
+    # Each rank holds its ZeRO-3 share: 1/4 of the global stack (TP x DP), 1/2 of the rest (the
+    # local model and embeddings are replicated over TP, partitioned over DP).
+    for rank in r["ranks"]["new"]:
+        assert size / 4 <= rank["held_bytes"] <= 0.3 * size, rank

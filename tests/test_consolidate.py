@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +128,16 @@ def test_init_from_a_deepspeed_run_directory_starts_from_its_weights(gathered_ru
     assert trainer.step == 6
     state = trainer.model.state_dict()
     assert all(torch.equal(state[k], in_job[k]) for k in in_job)
+
+
+def test_distributed_init_from_a_deepspeed_run_at_another_layout(gathered_run, tmp_path):
+    """``train.init_from=RUN_DIR`` in a distributed run at another layout (TP=2 <-> TP=1, 4
+    ranks, ZeRO-3): each rank reads its slices from the consolidated cache (rank 0 writes it once)
+    and the gathered initial weights are the source run's, bit for bit."""
+    run, in_job, (nproc, tp, stage) = gathered_run
+    saved_dim = in_job["global_model.ln_out.weight"].shape[0]
+    proc = torchrun(4, f"parallel.tensor_parallel={3 - tp}", "parallel.zero_stage=3",
+                    f"train.init_from={run}", f"model.global_model.dim={saved_dim}",
+                    "train.micro_batch_size=2", f"run_dir={tmp_path / 'new'}",
+                    "logging.tensorboard=false", module=str(ROOT / "tests" / "dist_checks.py"))
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"]

@@ -61,3 +61,26 @@ def test_default_init_balances_the_local_input():
         from_global = m.global_to_local(g.view(B, K, 8, m.D_G)).pow(2).mean().sqrt().item()
         from_byte = m.local_embed(ids).pow(2).mean().sqrt().item()
     assert from_global <= 1.5 * from_byte, (from_global, from_byte)
+
+
+def test_initial_values_are_a_function_of_seed_and_name_and_slices_agree():
+    """Any slice along dim 0 or 1 is the full value's slice (the distributed build draws only its
+    TP slice); values depend on (seed, name) alone, not on the other parameters."""
+    from pretrain.model.init import BLOCK_ELEMENTS, initial_value
+
+    shape = torch.Size([3 * BLOCK_ELEMENTS // 700 + 5, 700])  # several row blocks, a ragged end
+    full = initial_value("w", shape, ("normal", 0.02), 7)
+    assert full.abs().max() <= 0.04 and abs(full.std().item() - 0.0176) < 1e-3  # N(0, .02), +-2 std
+    for dim in (0, 1):
+        n = shape[dim] // 3
+        for r in range(3):
+            part = initial_value("w", shape, ("normal", 0.02), 7, dim, r * n, n)
+            assert torch.equal(part, full.narrow(dim, r * n, n)), (dim, r)
+    assert torch.equal(initial_value("w", shape, ("normal", 0.02), 7), full)
+    assert not torch.equal(initial_value("w", shape, ("normal", 0.02), 8), full)
+    assert not torch.equal(initial_value("v", shape, ("normal", 0.02), 7), full)
+    cfg = load_config(None, TINY).model
+    a = build_model(cfg, 259, 256, 257, seed=3).state_dict()
+    b = build_model(cfg, 259, 256, 257, seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["global_model.ln_out.weight"].eq(0.05).all()  # the default ln_gain recipe

@@ -231,17 +231,68 @@ def cached_export(ckpt: Path) -> Optional[Path]:
     return file
 
 
-def read_any(path: Path) -> Dict[str, Any]:
-    """``{"model", "config", "meta"}`` from an export file, a run directory or any checkpoint
-    (single-process or DeepSpeed at any layout, consolidated through the cache)."""
+class OpenWeights:
+    """Full weights (plain names) of an export file, run or checkpoint, read lazily: from an
+    export file only the requested slice of a tensor is read (``safe_open(...).get_slice``), so
+    a rank that needs one TP slice never holds the whole model."""
+
+    def __init__(self, config: Dict[str, Any], meta: Dict[str, Any],
+                 tensors: Optional[Weights] = None, file: Optional[Path] = None) -> None:
+        self.config, self.meta, self._tensors, self.file = config, meta, tensors, file
+        self._handle = None
+        if file is not None:
+            from safetensors import safe_open
+
+            self._handle = safe_open(str(file), framework="pt")
+
+    def names(self) -> List[str]:
+        """The parameter names held."""
+        return list(self._handle.keys()) if self._handle is not None else list(self._tensors)
+
+    def read(self, name: str, dim: Optional[int] = None, start: int = 0,
+             length: int = 0) -> torch.Tensor:
+        """Tensor ``name`` (fp32), or its ``[start, start + length)`` slice along ``dim``."""
+        if name not in self.names():
+            raise KeyError(f"{self.file or self.meta.get('source')} has no parameter {name}")
+        if self._handle is None:
+            full = self._tensors[name]
+            return full.float() if dim is None else full.narrow(dim, start, length).float()
+        if dim is None:
+            return self._handle.get_tensor(name).float()
+        index = (slice(None),) * dim + (slice(start, start + length),)
+        return self._handle.get_slice(name)[index].float()
+
+    def all(self) -> Weights:
+        """Every tensor, in full."""
+        return {name: self.read(name) for name in self.names()}
+
+
+def open_any(path: Path) -> OpenWeights:
+    """The weights of an export file, a run directory or any checkpoint (single-process, or
+    DeepSpeed at any layout: consolidated once into the cache beside it, then read lazily)."""
     path = Path(path)
-    if path.is_file():
-        return read_export(path)
     exported = path / "export" / "model.safetensors"
-    if exported.is_file() and not (path / "checkpoints" / store.LATEST).is_file():
-        return read_export(exported)
+    if path.is_dir() and exported.is_file() and not (path / "checkpoints" / store.LATEST).is_file():
+        path = exported
+    if path.is_file():
+        return _open_export(path)
     ckpt = resolve(path)
     if (ckpt / "state.pt").is_file():
-        return read_checkpoint(ckpt)
+        state = read_checkpoint(ckpt)
+        return OpenWeights(state["config"], state["meta"], tensors=state["model"])
     file = cached_export(ckpt)
-    return read_export(file) if file is not None else read_deepspeed(ckpt)
+    if file is not None:
+        return _open_export(file)
+    state = read_deepspeed(ckpt)
+    return OpenWeights(state["config"], state["meta"], tensors=state["model"])
+
+
+def _open_export(file: Path) -> OpenWeights:
+    head = read_export(file, tensors=False)
+    return OpenWeights(head["config"], head["meta"], file=file)
+
+
+def read_any(path: Path) -> Dict[str, Any]:
+    """``{"model", "config", "meta"}`` of :func:`open_any`, every tensor read in full."""
+    weights = open_any(path)
+    return {"model": weights.all(), "config": weights.config, "meta": weights.meta}

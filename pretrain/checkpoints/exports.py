@@ -27,7 +27,7 @@ def write_export(path: Path, weights: Dict[str, torch.Tensor], config: Dict[str,
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in weights.items()}
     metadata = {"format": "pretrain-export-v1", "config": json.dumps(config),
                 "meta": json.dumps(meta or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # several writers never share it
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     atomic_write_text(path.with_name(path.name + ".yaml"), to_yaml(config_from_dict(config)))
@@ -45,8 +45,9 @@ def read_export_meta(path: Path) -> Dict[str, Any]:
         return {}
 
 
-def read_export(path: Path) -> Dict[str, Any]:
-    """``{"model": {name: tensor}, "config": dict, "meta": dict}`` from an export file."""
+def read_export(path: Path, tensors: bool = True) -> Dict[str, Any]:
+    """``{"model": {name: tensor}, "config": dict, "meta": dict}`` from an export file
+    (``tensors=False``: only its config and meta, ``model`` empty)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -55,7 +56,7 @@ def read_export(path: Path) -> Dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            weights = {k: f.get_tensor(k) for k in f.keys()}
+            weights = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(f"{path} is not a readable safetensors export: {err}") from None
     if metadata.get("format") != "pretrain-export-v1":

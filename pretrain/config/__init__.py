@@ -39,6 +39,7 @@ __all__ = [
     "CONFIG_DIR", "DEFAULT_CONFIG", "INIT_RECIPES", "REPO_ROOT", "CheckpointConfig", "Config", "ConfigError",
     "DataConfig", "Derived", "LoggingConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
     "SlurmConfig", "StackConfig", "TrainConfig", "add_config_args", "as_dict", "atomic_write_bytes",
-    "atomic_write_text", "config_from_dict", "derive", "slurm_procs_per_node", "load_config", "save_resolved", "to_yaml",
+    "atomic_write_text", "config_from_dict", "derive", "slurm_procs_per_node", "load_config",
+    "save_resolved", "to_yaml",
     "validate",
 ]

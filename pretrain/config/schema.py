@@ -66,7 +66,7 @@ class ModelConfig:
     ``ln_gain`` = the paper's but the global stack's output LayerNorm gain starts at 0.05, so the
     global->local term starts well below the previous-byte embedding instead of drowning it;
     ``zero_gl`` (``w_GL`` = 0) and ``scaled`` (``w_GL`` std / sqrt(D_G)) are the ablated
-    alternatives (``Megabyte._apply_init``, ``python -m bench.init_ablation``).
+    alternatives (``Megabyte.init_overrides``, ``python -m bench.init_ablation``).
     Ignored by ``arch=transformer``."""
     cross_patch_window: int = 0
     """Paper option (a): local attention also sees the last r positions of the previous patch,

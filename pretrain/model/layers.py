@@ -28,24 +28,14 @@ KV = Tuple[Tensor, Tensor]
 PrefixFn = Callable[[Tensor, Tensor], KV]
 
 
-def trunc_normal_init_(module: nn.Module, std: float) -> None:
-    """The paper's init: weights ~ N(0, std) truncated at +-2 std; biases 0; norms 1."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d)):
-            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 class Rotary:
     """Rotary position embedding tables (rotate-half form) for a head size ``hd``."""
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         self.head_dim = head_dim
-        self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        # A plain CPU tensor, not a parameter or buffer: explicit device, also under a meta build.
+        steps = torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu")
+        self.inv_freq = 1.0 / (base ** (steps / head_dim))
 
     def tables(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """cos/sin tables, each (len(positions), hd), in float32."""
@@ -61,6 +51,19 @@ class Rotary:
         return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+LinearFactory = Callable[[int, int, str], nn.Module]
+"""``(in_features, out_features, role) -> module`` for a stack's projections; ``role`` is
+``qkv``, ``proj``, ``fc1`` or ``fc2``. The default is a bias-free ``nn.Linear``; the parallel
+build (``pretrain.parallel``) passes one that makes tensor-parallel shards, so the global stack
+is built at its sharded shapes and the full matrices never exist. A module it returns that is not
+an ``nn.Linear`` sets ``projection = True`` (its weight is a projection matrix: decayed)."""
+
+
+def plain_linear(in_features: int, out_features: int, role: str) -> nn.Module:
+    """The default :data:`LinearFactory`: ``nn.Linear`` without bias."""
+    return nn.Linear(in_features, out_features, bias=False)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
@@ -68,11 +71,12 @@ class Attention(nn.Module):
     previous patch (``prefix_fn``, MEGABYTE's cross-patch attention) and rotary positions.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float,
+                 linear: LinearFactory = plain_linear) -> None:
         super().__init__()
         self.head_dim = dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = linear(dim, 3 * dim, "qkv")
+        self.proj = linear(dim, dim, "proj")
         self.dropout = dropout
 
     def forward(
@@ -130,10 +134,11 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
 class MLP(nn.Module):
     """Two linear layers with an activation (ReLU in the paper)."""
 
-    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+    def __init__(self, dim: int, hidden: int, activation: str,
+                 linear: LinearFactory = plain_linear) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        self.fc1 = linear(dim, hidden, "fc1")
+        self.fc2 = linear(hidden, dim, "fc2")
         self.act: Callable[[Tensor], Tensor] = F.relu if activation == "relu" else F.gelu
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,12 +148,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + drop(attn(ln(x))), then x + drop(mlp(ln(x)))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, activation: str) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, activation: str,
+                 linear: LinearFactory = plain_linear) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout, linear)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio * dim, activation)
+        self.mlp = MLP(dim, mlp_ratio * dim, activation, linear)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, **attn_kwargs) -> Tuple[Tensor, KV]:
@@ -181,10 +187,10 @@ class TransformerStack(nn.Module):
     """``layers`` pre-norm blocks followed by a final LayerNorm."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: int, dropout: float,
-                 activation: str) -> None:
+                 activation: str, linear: LinearFactory = plain_linear) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, dropout, activation) for _ in range(layers))
+            Block(dim, heads, mlp_ratio, dropout, activation, linear) for _ in range(layers))
         self.ln_out = nn.LayerNorm(dim)
         # Set by the parallel wrapper to wrap blocks with activation checkpointing.
         self.checkpoint_fn: Optional[Callable[..., Tuple[Tensor, KV]]] = None
@@ -231,4 +237,5 @@ def decayed_parameter_names(module: nn.Module) -> FrozenSet[str]:
     shard keeps its name and so its decay."""
     return frozenset(f"{prefix}.weight" if prefix else "weight"
                      for prefix, m in module.named_modules()
-                     if isinstance(m, (nn.Linear, nn.Conv1d)) and m.weight is not None)
+                     if (isinstance(m, (nn.Linear, nn.Conv1d)) or getattr(m, "projection", False))
+                     and m.weight is not None)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.config import ModelConfig
-from pretrain.model.layers import KV, KVCache, Rotary, TransformerStack, trunc_normal_init_
+from pretrain.model.layers import KV, KVCache, LinearFactory, Rotary, TransformerStack, plain_linear
 
 
 class CausalConvEncoder(nn.Module):
@@ -64,7 +64,8 @@ class MegabyteDecodeState:
 class Megabyte(nn.Module):
     """Patch embedder -> global transformer over patches -> local transformer within patches."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, pad_id: int,
+                 global_linear: LinearFactory = plain_linear) -> None:
         super().__init__()
         P, T = cfg.patch_size, cfg.seq_len
         D, D_L = cfg.global_model.dim, cfg.local_model.dim
@@ -78,7 +79,8 @@ class Megabyte(nn.Module):
         self.conv = (CausalConvEncoder(self.D_G, cfg.conv_kernel_sizes, cfg.activation)
                      if cfg.conv_encoder else None)
         self.global_pad = nn.Parameter(torch.empty(D))  # trainable pad patch (P x D_G)
-        self.global_model = TransformerStack(D, cfg.global_model.layers, cfg.global_model.heads, **stack)
+        self.global_model = TransformerStack(D, cfg.global_model.layers, cfg.global_model.heads,
+                                             **stack, linear=global_linear)
         # One shared w_GL (D_G x D_L) projects each of the P slices of a global output.
         self.global_to_local = nn.Linear(self.D_G, D_L, bias=False)
         # Local input embedding; also the (tied) output head.
@@ -86,14 +88,12 @@ class Megabyte(nn.Module):
         self.local_pad = nn.Parameter(torch.empty(D_L))  # stands in for "previous byte" at p = 0
         self.local_model = TransformerStack(D_L, cfg.local_model.layers, cfg.local_model.heads, **stack)
         self.rotary = Rotary(D_L // cfg.local_model.heads) if self.r else None
-        trunc_normal_init_(self, cfg.init_std)
-        for pad in (self.global_pad, self.local_pad):
-            nn.init.trunc_normal_(pad, std=cfg.init_std, a=-2 * cfg.init_std, b=2 * cfg.init_std)
-        self._apply_init(cfg.init, cfg.init_std)
+        # Initial values: pretrain.model.init (the rules below), applied by build_model.
 
-    @torch.no_grad()
-    def _apply_init(self, recipe: str, std: float) -> None:
-        """Rescale the global->local path after the paper's init (``model.init``).
+    def init_overrides(self, cfg: ModelConfig) -> Dict[str, Tuple[str, float]]:
+        """This architecture's initialization rules beyond the paper's defaults
+        (:mod:`pretrain.model.init`): the pads are drawn like weights, and ``model.init``
+        rescales the global->local path.
 
         The global stack ends in a LayerNorm, so its output is ~1 per dimension and
         ``w_GL`` (D_G -> D_L, std ``std``) adds ~sqrt(D_G) * std per dimension to the local
@@ -105,17 +105,18 @@ class Megabyte(nn.Module):
         moves each of its entries by ~lr per step whatever their size, so after warmup the term
         is back near the paper's scale. FLOPs and shapes are unchanged.
         """
-        if recipe == "paper":
-            return
-        if recipe == "scaled":  # w_GL output per dimension ~ std, like the byte embedding
-            s = std / math.sqrt(self.D_G)
-            nn.init.trunc_normal_(self.global_to_local.weight, std=s, a=-2 * s, b=2 * s)
-        elif recipe == "zero_gl":  # the local model starts as a bigram model of the previous byte
-            nn.init.zeros_(self.global_to_local.weight)
-        elif recipe == "ln_gain":  # the issue's lead: global output LayerNorm gain 0.05
-            self.global_model.ln_out.weight.mul_(0.05)
-        else:
-            raise ValueError(f"unknown model.init {recipe!r}")
+        std = cfg.init_std
+        rules: Dict[str, Tuple[str, float]] = {"global_pad": ("normal", std),
+                                               "local_pad": ("normal", std)}
+        if cfg.init == "scaled":  # w_GL output per dimension ~ std, like the byte embedding
+            rules["global_to_local.weight"] = ("normal", std / math.sqrt(self.D_G))
+        elif cfg.init == "zero_gl":  # the local model starts as a bigram model of the previous byte
+            rules["global_to_local.weight"] = ("const", 0.0)
+        elif cfg.init == "ln_gain":  # the global output LayerNorm gain starts at 0.05
+            rules["global_model.ln_out.weight"] = ("const", 0.05)
+        elif cfg.init != "paper":
+            raise ValueError(f"unknown model.init {cfg.init!r}")
+        return rules
 
     # ---------------------------------------------------------------- training / scoring
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pretrain.config import ModelConfig
-from pretrain.model.layers import KVCache, TransformerStack, trunc_normal_init_
+from pretrain.model.layers import KVCache, LinearFactory, TransformerStack, plain_linear
 
 
 @dataclass
@@ -34,7 +34,8 @@ class TransformerDecodeState:
 class TransformerLM(nn.Module):
     """Token embedding + learned positions -> transformer stack -> tied output head."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, bos_id: int) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, bos_id: int,
+                 global_linear: LinearFactory = plain_linear) -> None:
         super().__init__()
         D = cfg.global_model.dim
         self.T, self.D, self.vocab_size, self.bos_id = cfg.seq_len, D, vocab_size, bos_id
@@ -43,8 +44,9 @@ class TransformerLM(nn.Module):
         # Named like MEGABYTE's global model: the parallel wrapper splits this stack.
         self.global_model = TransformerStack(
             D, cfg.global_model.layers, cfg.global_model.heads,
-            mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, activation=cfg.activation)
-        trunc_normal_init_(self, cfg.init_std)
+            mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, activation=cfg.activation,
+            linear=global_linear)
+        # Initial values: the paper's rules (pretrain.model.init), applied by build_model.
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids: (B, L), L <= T -> logits (B, L, V); logits[:, t] predicts ids[:, t]."""

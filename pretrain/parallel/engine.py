@@ -27,12 +27,17 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrain.checkpoints import store
+from pretrain.checkpoints.consolidate import OpenWeights
 from pretrain.config import Config, Derived, as_dict, derive
 from pretrain.model import build_model, count_params
 from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
 from pretrain.parallel.grid import ParallelGrid, all_ranks_max, init_distributed, mean_over
-from pretrain.parallel.tensor_parallel import (build_parallel_model, gather_full_state, rng_tracker,
-                                              tp_partition_dims)
+from pretrain.parallel.tensor_parallel import (
+    build_parallel_model,
+    gather_full_state,
+    rng_tracker,
+    tp_partition_dims,
+)
 from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import get_logger
 from pretrain.runtime.rng import rng_state, set_rng_state
@@ -114,7 +119,7 @@ class DeepSpeedTrainer(Trainer):
     def has_checkpoint(self) -> bool:
         return (self.ckpt_dir / store.LATEST).is_file()
 
-    def build_model(self, weights: Optional[Dict[str, torch.Tensor]]) -> None:
+    def build_model(self, weights: Optional[OpenWeights]) -> None:
         """The TP x ZeRO model (:func:`build_parallel_model`) inside ``deepspeed.initialize``."""
         import deepspeed
 
@@ -135,6 +140,16 @@ class DeepSpeedTrainer(Trainer):
             model=LossModule(model, self.vocab.pad_id), model_parameters=param_groups(model, o.weight_decay),
             config=self.ds_config, mpu=grid, lr_scheduler=schedule)
         self.model = model
+
+    def initial_weights(self) -> Optional[OpenWeights]:
+        """As in one process, but rank 0 opens first (a DeepSpeed run named by ``init_from`` is
+        consolidated once, into the cache beside it), then the others read that cache."""
+        if self.grid.rank == 0:
+            weights = super().initial_weights()
+        dist.barrier()
+        if self.grid.rank != 0:
+            weights = super().initial_weights()
+        return weights
 
     def data_coordinates(self) -> tuple:
         return self.grid.dp_rank, self.grid.dp_size

@@ -19,7 +19,7 @@ TP-sharded parameters carry ``tensor_model_parallel=True``, ``partition_dim`` an
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from pretrain.config import Config
 from pretrain.model import Model, build_model
-from pretrain.model.layers import Attention, TransformerStack
+from pretrain.model.init import init_rules, initial_value
+from pretrain.model.layers import Attention, LinearFactory
 from pretrain.parallel.grid import ParallelGrid
 
 # ------------------------------------------------------------------------------ TP primitives
@@ -72,6 +73,8 @@ def _mark_tp(param: nn.Parameter, dim: int) -> None:
 class ColumnParallelLinear(nn.Module):
     """y[:, shard] = x W[shard]^T: the output features are split over TP ranks."""
 
+    projection = True  # its weight is a projection matrix: decayed like nn.Linear's
+
     def __init__(self, in_features: int, out_features: int, grid: ParallelGrid) -> None:
         super().__init__()
         assert out_features % grid.tp_size == 0, (out_features, grid.tp_size)
@@ -87,6 +90,8 @@ class ColumnParallelLinear(nn.Module):
 
 class RowParallelLinear(nn.Module):
     """y = sum over ranks of x[:, shard] W[:, shard]^T: the input features are split."""
+
+    projection = True
 
     def __init__(self, in_features: int, out_features: int, grid: ParallelGrid) -> None:
         super().__init__()
@@ -123,21 +128,25 @@ def _fork_rng_forward(attn: Attention) -> None:
     attn.forward = forward  # type: ignore[method-assign]
 
 
-def apply_tensor_parallel(model: Model, grid: ParallelGrid) -> None:
-    """Swap the global stack's linear layers for TP shards (fresh parameters; load weights after)."""
-    stack: TransformerStack = model.global_model
-    for block in stack.blocks:
-        attn, mlp = block.attn, block.mlp
-        d_model = attn.proj.out_features
-        hidden = mlp.fc1.out_features
-        if attn.qkv.out_features // 3 // attn.head_dim % grid.tp_size:
-            raise ValueError(f"tensor_parallel={grid.tp_size} does not divide the global heads")
-        attn.qkv = ColumnParallelLinear(d_model, 3 * d_model, grid)
-        attn.proj = RowParallelLinear(d_model, d_model, grid)
-        mlp.fc1 = ColumnParallelLinear(d_model, hidden, grid)
-        mlp.fc2 = RowParallelLinear(hidden, d_model, grid)
-        if grid.tp_size > 1:
-            _fork_rng_forward(attn)
+def tp_linear(grid: ParallelGrid) -> LinearFactory:
+    """The global stack's projections as TP shards, built at their sharded shapes (the model's
+    ``global_linear`` hook): QKV and fc1 column-parallel, the attention output and fc2
+    row-parallel."""
+    def make(in_features: int, out_features: int, role: str) -> nn.Module:
+        if role in ("qkv", "fc1"):
+            return ColumnParallelLinear(in_features, out_features, grid)
+        if role in ("proj", "fc2"):
+            return RowParallelLinear(in_features, out_features, grid)
+        raise ValueError(f"no tensor-parallel layout for a projection with role {role!r}")
+
+    return make
+
+
+def fork_attention_rng(model: Model, grid: ParallelGrid) -> None:
+    """Attention dropout of the sharded heads under the model-parallel RNG stream."""
+    if grid.tp_size > 1:
+        for block in model.global_model.blocks:
+            _fork_rng_forward(block.attn)
 
 
 def apply_activation_checkpointing(model: Model, cfg: Config, use_deepspeed: bool) -> None:
@@ -174,13 +183,76 @@ def tied_weights(model: Model) -> Iterator[nn.Parameter]:
 # ------------------------------------------------------------------------------ full weights
 
 
-def tp_slice(name: str, full: Tensor, param: nn.Parameter, grid: ParallelGrid) -> Tensor:
-    """This TP rank's slice of a full tensor for ``param`` (the full tensor if replicated)."""
-    if not getattr(param, "tensor_model_parallel", False):
-        return full
-    dim = param.partition_dim
-    size = full.shape[dim] // grid.tp_size
-    return full.narrow(dim, grid.tp_rank * size, size)
+class WeightSource(Protocol):
+    """Full (single-process) weights, readable one slice at a time."""
+
+    def names(self) -> List[str]: ...
+
+    def read(self, name: str, dim: Optional[int] = None, start: int = 0,
+             length: int = 0) -> Tensor: ...
+
+
+class InitialWeights:
+    """The initial weights of ``seed``, produced one parameter at a time (the values
+    :func:`pretrain.model.build_model` gives a single process; see :mod:`pretrain.model.init`)."""
+
+    def __init__(self, cfg: Config, vocab_size: int, pad_id: int, bos_id: int) -> None:
+        with torch.device("meta"):  # names, shapes and rules only: no memory
+            plain = build_model(cfg.model, vocab_size, pad_id, bos_id, seed=None)
+        self.rules = init_rules(plain, cfg.model)
+        self.shapes = {n: p.shape for n, p in plain.named_parameters()}
+        self.seed = cfg.train.seed
+
+    def names(self) -> List[str]:
+        return list(self.shapes)
+
+    def read(self, name: str, dim: Optional[int] = None, start: int = 0,
+             length: int = 0) -> Tensor:
+        # Only the requested slice is drawn (pretrain.model.init draws in row blocks).
+        return initial_value(name, self.shapes[name], self.rules[name], self.seed, dim, start,
+                             length)
+
+
+def load_weights(model: nn.Module, source: WeightSource, grid: ParallelGrid, zero3: bool) -> None:
+    """Write full weights into a TP-sharded, maybe ZeRO-3-partitioned model, one parameter at a
+    time, each rank reading only its TP slice of the source. Under ZeRO-3 each rank writes its
+    own partition (``ds_tensor``: elements ``[r * n, (r + 1) * n)`` of the flattened TP slice,
+    ``n = ceil(numel / dp)``, zero-padded at the end) without gathering anything, so no rank ever
+    holds the whole model or even a whole parameter beyond the one being read."""
+    own = dict(model.named_parameters())
+    names = set(source.names())
+    missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
+    if missing or unexpected:
+        raise KeyError(f"weights do not match the model: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    for name, param in own.items():
+        shape = tuple(param.ds_shape) if zero3 else tuple(param.shape)  # this TP rank's shape
+        dim, start, length = None, 0, 0
+        if getattr(param, "tensor_model_parallel", False):
+            dim = param.partition_dim
+            length, start = shape[dim], grid.tp_rank * shape[dim]
+        src = source.read(name, dim, start, length)
+        if tuple(src.shape) != shape:
+            raise ValueError(f"{name}: shape {tuple(src.shape)} does not fit {shape}")
+        with torch.no_grad():
+            if zero3:
+                _write_partition(param, src, grid)
+            else:
+                param.data.copy_(src.to(param.dtype))
+        del src
+
+
+def _write_partition(param: nn.Parameter, full: Tensor, grid: ParallelGrid) -> None:
+    """This DP rank's ZeRO-3 partition of ``full`` (and the whole tensor if DeepSpeed keeps the
+    parameter resident: below ``stage3_param_persistence_threshold``)."""
+    part = param.ds_tensor
+    n = part.numel()
+    flat = full.reshape(-1)
+    piece = flat[grid.dp_rank * n: (grid.dp_rank + 1) * n]
+    part.data.zero_()
+    part.data[:piece.numel()].copy_(piece.to(part.dtype))
+    if param.numel() == full.numel():  # resident: the full value lives in param.data too
+        param.data.copy_(full.to(param.dtype))
 
 
 def tp_partition_dims(model: nn.Module) -> Dict[str, int]:
@@ -195,25 +267,6 @@ def _gathered(params, zero3: bool, modifier_rank: Optional[int]):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
-
-
-def load_full_state(model: nn.Module, state: Dict[str, Tensor], grid: ParallelGrid,
-                    zero3: bool) -> None:
-    """Write full (single-process) weights into a TP-sharded, maybe ZeRO-3-partitioned model."""
-    own = dict(model.named_parameters())
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"weights do not match the model: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
-    for name, param in own.items():
-        # modifier_rank=0 broadcasts DP-rank 0's write; None would throw the write away.
-        with _gathered([param], zero3, modifier_rank=0):
-            src = tp_slice(name, state[name], param, grid)
-            if tuple(src.shape) != tuple(param.shape):
-                raise ValueError(f"{name}: shape {tuple(src.shape)} does not fit {tuple(param.shape)}")
-            with torch.no_grad():
-                param.data.copy_(src.to(param.dtype))
 
 
 def gather_full_state(model: nn.Module, grid: ParallelGrid, zero3: bool,
@@ -238,26 +291,29 @@ def gather_full_state(model: nn.Module, grid: ParallelGrid, zero3: bool,
 
 def build_parallel_model(cfg: Config, vocab_size: int, pad_id: int, bos_id: int,
                          grid: ParallelGrid, ds_config: Dict[str, Any],
-                         full_state: Optional[Dict[str, Tensor]] = None) -> Model:
-    """Build the model for this rank: TP layers swapped in, ZeRO-3-partitioned when stage 3.
+                         weights: Optional[WeightSource] = None) -> Model:
+    """Build the model for this rank: the global stack's projections as TP shards, ZeRO-3
+    partitioned when stage 3.
 
-    The initial weights are the single-process model's (same seed, same init order), or
-    ``full_state`` (an export); either way they are sliced per TP rank, so every layout starts
-    from exactly the weights a single process would.
+    Nothing is allocated for the whole model: the global stack is built at its TP shapes
+    (:func:`tp_linear`), and under ZeRO-3 ``deepspeed.zero.Init`` partitions each module as it is
+    built. The values are then written one parameter at a time (:func:`load_weights`) from
+    ``weights`` (``train.init_from``) or the seed's initial weights (:class:`InitialWeights`), so
+    every layout starts from exactly the weights a single process would.
     """
     import deepspeed
 
     zero3 = cfg.parallel.zero_stage == 3
-    if full_state is None:
-        torch.manual_seed(cfg.train.seed)
-        reference = build_model(cfg.model, vocab_size, pad_id, bos_id)
-        full_state = {k: v.detach().clone() for k, v in reference.named_parameters()}
-        del reference
+    if cfg.model.global_model.heads % grid.tp_size:
+        raise ValueError(f"tensor_parallel={grid.tp_size} does not divide the global heads "
+                         f"({cfg.model.global_model.heads})")
+    source = weights if weights is not None else InitialWeights(cfg, vocab_size, pad_id, bos_id)
     with deepspeed.zero.Init(data_parallel_group=grid.dp_group, mpu=grid,
                              config_dict_or_path=ds_config, enabled=zero3):
-        model = build_model(cfg.model, vocab_size, pad_id, bos_id)
-        apply_tensor_parallel(model, grid)
-    load_full_state(model, full_state, grid, zero3)
+        model = build_model(cfg.model, vocab_size, pad_id, bos_id, seed=None,
+                            global_linear=tp_linear(grid))
+    fork_attention_rng(model, grid)
+    load_weights(model, source, grid, zero3)
     if zero3:
         for weight in tied_weights(model):
             deepspeed.zero.register_external_parameter(model, weight)

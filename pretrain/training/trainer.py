@@ -19,6 +19,7 @@ import torch
 
 from data_prep.vocab import build_vocab
 from pretrain.checkpoints import store
+from pretrain.checkpoints.consolidate import OpenWeights, open_any
 from pretrain.config import Config, Derived, as_dict, atomic_write_text, save_resolved
 from pretrain.data import build_data
 from pretrain.inference.evaluation import evaluate_bytes
@@ -48,7 +49,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
         exported = self.initial_weights()
-        self.build_model(exported["model"] if exported else None)
+        self.build_model(exported)
         t0 = time.perf_counter()
         data = build_data(cfg, self.vocab, derived.micro_batch_size, *self.data_coordinates())
         self.train_data, self.val_text = data.train, data.val_text
@@ -66,7 +67,7 @@ class Trainer:
         self._nan_injected = False
         self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
         if exported is not None and cfg.train.init_continue:
-            self.continue_from_export(exported["meta"])
+            self.continue_from_export(exported.meta)
 
     # ------------------------------------------------------------------ construction steps
     # The distributed engine overrides these (and only these) to build the same trainer.
@@ -75,28 +76,27 @@ class Trainer:
         """bf16 autocast in the single-process loop (the engine casts the model itself)."""
         return torch.bfloat16 if self.cfg.train.dtype == "bf16" else None
 
-    def initial_weights(self) -> Optional[Dict[str, Any]]:
-        """The weights named by ``train.init_from`` (``{"model", "config", "meta"}``): an export
-        file, or a run directory / checkpoint of any engine and layout (a DeepSpeed one is
-        consolidated offline, cached beside it). A checkpoint to resume from wins."""
+    def initial_weights(self) -> Optional[OpenWeights]:
+        """The weights named by ``train.init_from``, opened lazily: an export file, or a run
+        directory / checkpoint of any engine and layout (a DeepSpeed one is consolidated
+        offline, cached beside it). A checkpoint to resume from wins."""
         path = self.cfg.train.init_from
         if not path or self.has_checkpoint():
             return None
-        from pretrain.checkpoints.consolidate import read_any
-
         log.info("initializing from %s", path)
-        return read_any(Path(path))
+        return open_any(Path(path))
 
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoints/latest`` exists (a dangling pointer is an error)."""
         return store.latest(self.ckpt_dir) is not None
 
-    def build_model(self, weights: Optional[Dict[str, torch.Tensor]]) -> None:
-        """Set ``self.model`` (initialized from ``weights`` when given) and ``self.optimizer``."""
+    def build_model(self, weights: Optional[OpenWeights]) -> None:
+        """Set ``self.model`` (initialized from ``weights`` when given, else from the seed) and
+        ``self.optimizer``."""
         self.model = build_model(self.cfg.model, self.vocab.vocab_size, self.vocab.pad_id,
-                                 self.vocab.bos_id).to(self.device)
+                                 self.vocab.bos_id, seed=self.cfg.train.seed).to(self.device)
         if weights is not None:
-            self.model.load_state_dict(weights)
+            self.model.load_state_dict(weights.all())
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
 
     def data_coordinates(self) -> tuple:
