@@ -232,9 +232,9 @@ def count_params(module: nn.Module) -> int:
 def decayed_parameter_names(module: nn.Module) -> FrozenSet[str]:
     """The parameters that get weight decay, by role: the weight matrices of projections and
     convolutions (attention, MLP, global-to-local, the patch encoder); never embeddings, pads,
-    norms or biases. Decided once, on the plain architecture, by :func:`pretrain.model.build_model`
-    (which stores it as ``model.decayed_names``): a layer later swapped for a tensor-parallel
-    shard keeps its name and so its decay."""
+    norms or biases. Decided once by :func:`pretrain.model.build_model` (which stores it as
+    ``model.decayed_names``); a tensor-parallel shard built in a projection's place declares
+    ``projection = True``, so it keeps the name and the decay of the layer it stands for."""
     return frozenset(f"{prefix}.weight" if prefix else "weight"
                      for prefix, m in module.named_modules()
                      if (isinstance(m, (nn.Linear, nn.Conv1d)) or getattr(m, "projection", False))

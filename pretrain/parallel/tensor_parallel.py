@@ -14,6 +14,11 @@ stack of a Transformer baseline):
 The local model, embeddings, pads and norms are replicated and stay identical on all TP ranks.
 TP-sharded parameters carry ``tensor_model_parallel=True``, ``partition_dim`` and
 ``partition_stride`` so DeepSpeed counts them once per TP rank in the gradient norm.
+
+The shards are built in place (the model's ``global_linear`` hook, :func:`tp_linear`): the full
+matrices never exist on any rank. Weights come in one parameter at a time through a
+:class:`WeightSource` (the seed's initial values, or ``train.init_from``), each rank reading
+only its TP slice and, under ZeRO-3, writing only its own partition.
 """
 
 from __future__ import annotations
