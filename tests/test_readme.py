@@ -109,15 +109,18 @@ def test_the_doc_check_sees_a_wrong_option_and_a_wrong_key(monkeypatch):
 
 
 def test_readme_run_paths_match_the_compare_layout():
-    """The README points evaluate / generate at runs/quickstart/runs/NAME: the directories the
-    quick start's compare writes (its run_dir per model)."""
+    """The README points evaluate / generate / export at runs/quickstart/runs/NAME (the
+    directories the quick start's compare writes, its run_dir per model) or at the run_dir of a
+    training command shown in the README."""
     text = README.read_text()
+    trained = {a.split("=", 1)[1] for cmd in COMMANDS for a in module_and_args(cmd)[1]
+               if a.startswith("run_dir=")}
     for cmd in COMMANDS:
         module, argv = module_and_args(cmd)
-        if module in ("pretrain.evaluate", "pretrain.generate"):
+        if module in ("pretrain.evaluate", "pretrain.generate", "pretrain.export"):
             ckpt = argv[argv.index("--checkpoint") + 1]
-            assert re.fullmatch(r"runs/quickstart/runs/(megabyte|transformer_bytes|transformer_subword)",
-                                ckpt), cmd
+            assert ckpt in trained or re.fullmatch(
+                r"runs/quickstart/runs/(megabyte|transformer_bytes|transformer_subword)", ckpt), cmd
     assert "--out runs/quickstart" in (ROOT / "scripts" / "quickstart.sh").read_text()
     assert "runs/quickstart" in text
     source = Path(ROOT / "pretrain" / "comparison" / "matching.py").read_text()
