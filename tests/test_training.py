@@ -171,3 +171,37 @@ def test_evaluate_cli(trained_run):
 def test_help(module):
     proc = run_cli(module, "--help")
     assert "usage:" in proc.stdout
+
+
+def test_multi_tensor_adamw_is_the_same_update_and_the_engine_needs_no_compiler():
+    """The single-process AdamW runs ``foreach`` on CPU (``fused`` on GPU): 5 updates equal the
+    plain per-parameter loop's; the DeepSpeed config asks for torch's AdamW (no JIT-built
+    FusedAdam, so a GPU node without nvcc trains) unless parallel.deepspeed_fused_adam."""
+    import torch
+
+    from pretrain.parallel.engine import deepspeed_config
+    from pretrain.training.optim import build_optimizer, param_groups
+
+    cfg = load_config(CONFIG_DIR / "debug.yaml", ["optim.weight_decay=0.1"])
+    results = []
+    for foreach in (True, False):
+        model = build_model(cfg.model, 259, 256, 257, seed=1)
+        opt = build_optimizer(model, cfg.optim) if foreach else torch.optim.AdamW(
+            param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, foreach=False)
+        assert opt.defaults["foreach"] is foreach
+        ids = torch.randint(0, 256, (4, cfg.model.seq_len), generator=torch.Generator().manual_seed(0))
+        for _ in range(5):
+            opt.zero_grad()
+            model(ids).float().logsumexp(-1).mean().backward()
+            opt.step()
+        results.append(model.state_dict())
+    for name, value in results[0].items():
+        assert torch.allclose(value, results[1][name], rtol=0, atol=1e-6), name
+    derived = derive(cfg)
+    for device in ("cpu", "cuda"):
+        params = deepspeed_config(cfg, derived, torch.device(device))["optimizer"]["params"]
+        assert params["torch_adam"] is True and params["foreach"] is True, params
+    fused = load_config(CONFIG_DIR / "debug.yaml", ["parallel.deepspeed_fused_adam=true"])
+    assert deepspeed_config(fused, derive(fused), torch.device("cuda"))["optimizer"]["params"][
+        "torch_adam"] is False

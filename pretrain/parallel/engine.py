@@ -69,11 +69,19 @@ def deepspeed_config(cfg: Config, derived: Derived, device: torch.device) -> Dic
         "bf16": {"enabled": cfg.train.dtype == "bf16"},
         "optimizer": {"type": "AdamW", "params": {
             "lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
-            # torch.optim.AdamW on CPU (no compiled ops); DeepSpeed's fused Adam on GPU.
-            "torch_adam": device.type == "cpu", "adam_w_mode": True}},
+            "adam_w_mode": True, **_adam_implementation(cfg, device)}},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def _adam_implementation(cfg: Config, device: torch.device) -> Dict[str, Any]:
+    """torch.optim.AdamW with multi-tensor (``foreach``) updates everywhere, so a fresh GPU node
+    without a CUDA compiler trains; DeepSpeed's FusedAdam (built just in time) only when asked
+    for (``parallel.deepspeed_fused_adam``, GPU only)."""
+    if cfg.parallel.deepspeed_fused_adam and device.type == "cuda":
+        return {"torch_adam": False}
+    return {"torch_adam": True, "foreach": True}
 
 
 class LossModule(nn.Module):
