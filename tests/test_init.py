@@ -47,6 +47,7 @@ def train_and_score(tmp_path, *overrides: str) -> Dict[str, float]:
 
 def test_megabyte_beats_unigram_entropy_within_150_steps(tmp_path):
     r = train_and_score(tmp_path)  # the default model.init
+    print(f"after {STEPS} updates: {r}")
     assert r["bpb"] <= r["unigram"] - MARGIN, r
 
 
