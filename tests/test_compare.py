@@ -154,3 +154,26 @@ def test_compare_on_two_processes_ends_with_the_report_and_the_same_numbers(comp
         for mode, r in summary["models"][name]["eval"].items():
             got = two["models"][name]["eval"][mode]["bpb"]
             assert got == pytest.approx(r["bpb"], rel=1e-4), (name, mode, got, r["bpb"])
+
+
+def test_a_run_stopped_by_a_time_limit_is_resumed_to_its_budget(compared, tmp_path):
+    """Budgets are budgets: compare's runs carry no wall-clock limit; with one forced on
+    (train.max_minutes tiny) every run stops early, is resumed until it reaches its step budget,
+    and the report still compares models that saw the same bytes."""
+    out, summary, _ = compared
+    cmd = [sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"), "--out",
+           str(tmp_path / "cmp"), "--budget-bytes", "32768", "--eval-bytes", "3000",
+           "--set", "train.max_minutes=0.02", "--set", "checkpoint.interval=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(max_minutes); resuming" in proc.stderr, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    steps = {name: m["training"]["steps"] for name, m in got["models"].items()}
+    assert len(set(steps.values())) == 1 and min(steps.values()) == 8, steps
+    for name in got["models"]:
+        cfg = (tmp_path / "cmp" / "configs" / f"{name}.yaml").read_text()
+        assert "max_minutes: 0.02" in cfg  # the user's limit is kept; it only pauses the run
+    # Without --set, the planned runs have no time limit at all.
+    plain = (out / "configs" / "megabyte.yaml").read_text()
+    assert "max_minutes: 0.0" in plain

@@ -18,7 +18,8 @@ its parameter groups); which parameters are tensor-parallel, and along which dim
 ``tp_partition`` map the engine writes into its client state. Files are read one at a time,
 memory-mapped (the Adam moments are never touched), and every piece is written straight into
 its place in the full tensor (TP shards along their dimension), so the peak is about one fp32
-copy of the model plus one file's fp32 share (measured 1.23x the model at TP2xDP2). DeepSpeed's ``zero_to_fp32`` is not used: it refuses ZeRO-3 with manual TP.
+copy of the model plus one file's fp32 share (measured 1.23x the model at TP2xDP2).
+DeepSpeed's ``zero_to_fp32`` is not used: it refuses ZeRO-3 with manual TP.
 """
 
 from __future__ import annotations

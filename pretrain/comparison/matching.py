@@ -119,7 +119,8 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
             "data.source=shards", f"data.datasets=[{datasets}]", "data.val_bytes=65536",
             f"data.lanes={LANES}",
             f"optim.lr={s['lr']}", f"optim.warmup_steps={min(500, max(10, steps // 10))}",
-            f"train.max_steps={steps}", f"train.micro_batch_size={micro}",
+            # The budget is steps, never wall-clock time (a time limit only pauses a run).
+            f"train.max_steps={steps}", "train.max_minutes=0", f"train.micro_batch_size={micro}",
             f"train.eval_interval={max(1, steps // 8)}", "train.sample_bytes=0",
             f"checkpoint.interval={max(1, steps // 8)}", "checkpoint.keep_last=1",
             f"logging.log_interval={max(1, steps // 50)}", "logging.progress_bar=true",

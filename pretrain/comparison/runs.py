@@ -18,7 +18,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_bytes, atomic_write_text, load_config, to_yaml
-from pretrain.runtime.processes import python_module_command
+from pretrain.runtime.processes import EXIT_REQUEUE, python_module_command
+
+MAX_RESUMES = 50
+"""Restarts of a run stopped short of its budget (a wall-clock limit, a stop signal)."""
 
 
 def log(message: str) -> None:
@@ -295,10 +298,21 @@ def train(plan: MatchedRun, out: Path, nproc: int) -> Dict[str, Any]:
     cfg_path = write_config(plan, out)
     cmd = python_module_command(nproc, "pretrain.train", ["--config", str(cfg_path)])
     log(f"{plan.name}: training ({plan.cfg.train.max_steps} steps): {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
-    if proc.returncode:
-        raise RuntimeError(f"{plan.name}: training failed (exit {proc.returncode}); rerun to resume")
-    return json.loads(results.read_text())
+    for attempt in range(1, MAX_RESUMES + 1):
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+        if proc.returncode not in (0, EXIT_REQUEUE):
+            raise RuntimeError(f"{plan.name}: training failed (exit {proc.returncode}); "
+                               "rerun to resume")
+        done = json.loads(results.read_text())
+        if finished(plan):
+            return done
+        # Stopped before its budget (train.max_minutes, a stop signal): resume, never report a
+        # model that saw fewer bytes as if the budgets were equal.
+        log(f"{plan.name}: stopped at step {done['steps']} of {plan.cfg.train.max_steps} "
+            f"({done.get('stop_reason')}); resuming ({attempt}/{MAX_RESUMES})")
+    raise RuntimeError(f"{plan.name}: still short of its {plan.cfg.train.max_steps}-step budget "
+                       f"after {MAX_RESUMES} resumes (stop_reason {done.get('stop_reason')}); "
+                       "rerun to continue")
 
 
 def evaluate(plan: MatchedRun, heldout: Path, modes: List[str], out: Path) -> Dict[str, Any]:
