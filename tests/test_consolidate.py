@@ -141,3 +141,23 @@ def test_distributed_init_from_a_deepspeed_run_at_another_layout(gathered_run, t
                     "train.micro_batch_size=2", f"run_dir={tmp_path / 'new'}",
                     "logging.tensorboard=false", module=str(ROOT / "tests" / "dist_checks.py"))
     assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"]
+
+
+@pytest.mark.parametrize("stage", [3, 0], ids=["zero3", "zero0"])
+def test_bf16_runs_export_the_fp32_master_weights(stage, tmp_path):
+    """Under bf16 the export holds DeepSpeed's fp32 master copies (``bf16_zero_pp_rank_*`` files
+    for ZeRO-3; the bf16 optimizer's ``fp32_groups`` without ZeRO), not the bf16 parameters:
+    rounded to bf16 they are exactly the parameters the running job gathers."""
+    from pretrain.checkpoints.consolidate import read_checkpoint, resolve
+
+    run, ref = tmp_path / "run", tmp_path / "in_job.pt"
+    torchrun(2, str(ref), f"run_dir={run}", "parallel.tensor_parallel=2",
+             f"parallel.zero_stage={stage}", "train.dtype=bf16", "train.micro_batch_size=8",
+             *TRAIN, module=str(ROOT / "tests" / "dist_gather.py"))
+    in_job = torch.load(ref, weights_only=True)
+    got = read_checkpoint(resolve(run))["model"]
+    assert set(got) == set(in_job)
+    for name, value in in_job.items():
+        assert got[name].dtype == torch.float32
+        assert torch.equal(got[name].bfloat16().float(), value), name
+    assert any(not torch.equal(got[n], in_job[n]) for n in in_job), "bf16 values, not the master"

@@ -8,10 +8,12 @@ rank wrote, for any TP x DP layout and ZeRO stage:
   one flat fp32 vector: each parameter of the group in turn, ``ceil(numel / dp)`` elements of
   it (the last rank's share zero-padded). Parameter ``k`` of TP rank ``t`` is the concatenation
   over DP ranks of their ``k``-th piece, cut to ``numel``.
-* ZeRO-1/2 (and the bf16 optimizer of stage 0): per group one fp32 partition per DP rank
-  (``single_partition_of_fp32_groups``); the DP ranks' partitions concatenated are the group's
-  parameters back to back (padding only at the end).
-* ZeRO-0 in fp32: ``mp_rank_{tp:02d}_model_states.pt`` holds this TP rank's module weights.
+* ZeRO-1/2: per group one fp32 partition per DP rank (``single_partition_of_fp32_groups``);
+  the DP ranks' partitions concatenated are the group's parameters back to back (padding only
+  at the end). Under bf16 the optimizer files are named ``bf16_zero_pp_rank_*``.
+* ZeRO-0: ``mp_rank_{tp:02d}_model_states.pt`` holds this TP rank's module weights (fp32) or,
+  under bf16, the optimizer's fp32 masters per group (``fp32_groups``, names from the
+  ``param_group_names`` the engine records).
 
 The order and shapes come from ``param_shapes`` in the model-states file (DeepSpeed's record of
 its parameter groups); which parameters are tensor-parallel, and along which dimension, from the
@@ -172,8 +174,7 @@ def _read_tp_rank(ckpt: Path, t: int, dp: int, stage: int, out: _Assembler) -> N
     if stage == 3:
         shapes = _load(ckpt / f"zero_pp_rank_0_mp_rank_{t:02d}_model_states.pt")["param_shapes"]
         for d in range(dp):
-            flats = _fp32_groups(ckpt / f"zero_pp_rank_{d}_mp_rank_{t:02d}_optim_states.pt",
-                                 "fp32_flat_groups")
+            flats = _fp32_groups(_optim_file(ckpt, d, t), "fp32_flat_groups")
             _put_zero3(shapes, flats, d, dp, t, out)
             del flats
         return
@@ -181,9 +182,8 @@ def _read_tp_rank(ckpt: Path, t: int, dp: int, stage: int, out: _Assembler) -> N
     optim = [ckpt / f"{pre}zero_pp_rank_{d}_mp_rank_{t:02d}_optim_states.pt"
              for pre in ("", "bf16_") for d in range(dp)]
     present = [f for f in optim if f.is_file()]
-    if stage == 0 and not present:  # fp32 without ZeRO: the module weights are the master
-        for name, value in model_states["module"].items():
-            out.put(name, t, value.shape, 0, value.reshape(-1))
+    if stage == 0 and not present:
+        _put_zero0(model_states, t, out)
         return
     if len(present) != dp:
         raise FileNotFoundError(f"{ckpt}: expected {dp} optimizer partitions of TP rank {t}, "
@@ -192,6 +192,31 @@ def _read_tp_rank(ckpt: Path, t: int, dp: int, stage: int, out: _Assembler) -> N
         flats = _fp32_groups(file, "single_partition_of_fp32_groups")
         _put_zero12(model_states["param_shapes"], flats, d, dp, t, out)
         del flats
+
+
+def _optim_file(ckpt: Path, d: int, t: int) -> Path:
+    """DP rank ``d``, TP rank ``t``'s optimizer partition (``bf16_`` prefix under bf16)."""
+    name = f"zero_pp_rank_{d}_mp_rank_{t:02d}_optim_states.pt"
+    return ckpt / name if (ckpt / name).is_file() or not (ckpt / f"bf16_{name}").is_file() \
+        else ckpt / f"bf16_{name}"
+
+
+def _put_zero0(model_states: Dict[str, Any], t: int, out: _Assembler) -> None:
+    """Without ZeRO: the fp32 master copies held by the (bf16) optimizer, per group in the
+    order the engine recorded (``param_group_names``); in fp32 the module weights are the
+    master."""
+    masters = (model_states.get("optimizer") or {}).get("fp32_groups")
+    module = model_states["module"]
+    if masters is None:
+        for name, value in module.items():
+            out.put(name, t, value.shape, 0, value.reshape(-1))
+        return
+    groups = model_states.get("param_group_names")
+    if groups is None or [len(g) for g in groups] != [len(m) for m in masters]:
+        raise ValueError("checkpoint has fp32 master groups but no matching param_group_names")
+    for names, tensors in zip(groups, masters):
+        for name, value in zip(names, tensors):
+            out.put(out.prefix + name, t, value.shape, 0, value.reshape(-1))
 
 
 def _fp32_groups(file: Path, key: str) -> List[torch.Tensor]:

@@ -41,7 +41,7 @@ from pretrain.parallel.tensor_parallel import (
 from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import get_logger
 from pretrain.runtime.rng import rng_state, set_rng_state
-from pretrain.training.optim import lr_at, param_groups
+from pretrain.training.optim import decay_split, lr_at, param_groups
 from pretrain.training.trainer import ResumeError, Trainer
 
 log = get_logger()
@@ -301,7 +301,8 @@ class DeepSpeedTrainer(Trainer):
                   "skipped_total": self.skipped_total, "world_size": self.world_size,
                   "tensor_parallel": self.grid.tp_size, "config": as_dict(self.cfg),
                   # What offline consolidation needs to undo TP (pretrain.checkpoints.consolidate).
-                  "tp_partition": tp_partition_dims(self.model), "param_prefix": "model."}
+                  "tp_partition": tp_partition_dims(self.model), "param_prefix": "model.",
+                  "param_group_names": [list(names) for names in decay_split(self.model)]}
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client,
                                     save_latest=False)
         rank_state = {"rng": rng_state(), "tp_rng": rng_tracker().get_states(),
