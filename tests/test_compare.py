@@ -134,18 +134,23 @@ def test_slurm_job_array_dry_run(compared, tmp_path):
         assert (tmp_path / "cmp" / "configs" / f"{name}.yaml").is_file()
 
 
+def compare_again(out: Path, tmp_path: Path, budget: str, *extra: str):
+    """``pretrain.compare`` on the prepared data of ``compared`` into ``tmp_path/cmp``; the
+    finished process and its JSON summary."""
+    cmd = [sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"), "--out",
+           str(tmp_path / "cmp"), "--budget-bytes", budget, "--eval-bytes", "3000", *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_compare_on_two_processes_ends_with_the_report_and_the_same_numbers(compared, tmp_path):
     """``--nproc 2``: every model trains under torchrun (the DeepSpeed engine, DP=2), is read back
     from its DeepSpeed checkpoint and reported; the numbers are the one-process run's (the same
     global batches, split over two data-parallel ranks)."""
     out, summary, _ = compared
-    cmd = [sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"), "--out",
-           str(tmp_path / "cmp"), "--budget-bytes", "16384", "--eval-bytes", "3000",
-           "--nproc", "2", "--set", "train.eval_interval=1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, two = compare_again(out, tmp_path, "16384", "--nproc", "2", "--set", "train.eval_interval=1")
     report = (tmp_path / "cmp" / "report.md").read_text()
     for name in ("megabyte", "transformer_bytes", "transformer_subword"):
         assert f"| {name} |" in report
@@ -161,14 +166,9 @@ def test_a_run_stopped_by_a_time_limit_is_resumed_to_its_budget(compared, tmp_pa
     (train.max_minutes tiny) every run stops early, is resumed until it reaches its step budget,
     and the report still compares models that saw the same bytes."""
     out, summary, _ = compared
-    cmd = [sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"), "--out",
-           str(tmp_path / "cmp"), "--budget-bytes", "32768", "--eval-bytes", "3000",
-           "--set", "train.max_minutes=0.02", "--set", "checkpoint.interval=2"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc, got = compare_again(out, tmp_path, "32768", "--set", "train.max_minutes=0.02",
+                              "--set", "checkpoint.interval=2")
     assert "(max_minutes); resuming" in proc.stderr, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = {name: m["training"]["steps"] for name, m in got["models"].items()}
     assert len(set(steps.values())) == 1 and min(steps.values()) == 8, steps
     for name in got["models"]:

@@ -323,15 +323,17 @@ class OpenWeights:
             from safetensors import safe_open
 
             self._handle = safe_open(str(file), framework="pt")
+        self._names = list(self._handle.keys()) if self._handle is not None else list(tensors)
+        self._known = set(self._names)
 
     def names(self) -> List[str]:
         """The parameter names held."""
-        return list(self._handle.keys()) if self._handle is not None else list(self._tensors)
+        return list(self._names)
 
     def read(self, name: str, dim: Optional[int] = None, start: int = 0,
              length: int = 0) -> torch.Tensor:
         """Tensor ``name`` (fp32), or its ``[start, start + length)`` slice along ``dim``."""
-        if name not in self.names():
+        if name not in self._known:
             raise KeyError(f"{self.file or self.meta.get('source')} has no parameter {name}")
         if self._handle is None:
             full = self._tensors[name]
@@ -356,13 +358,10 @@ def open_any(path: Path) -> OpenWeights:
     if path.is_file():
         return _open_export(path)
     ckpt = resolve(path)
-    if (ckpt / "state.pt").is_file():
-        state = read_checkpoint(ckpt)
-        return OpenWeights(state["config"], state["meta"], tensors=state["model"])
-    file = cached_export(ckpt)
+    file = None if (ckpt / "state.pt").is_file() else cached_export(ckpt)
     if file is not None:
         return _open_export(file)
-    state = read_deepspeed(ckpt)
+    state = read_checkpoint(ckpt)  # single-process, or DeepSpeed in a read-only directory
     return OpenWeights(state["config"], state["meta"], tensors=state["model"])
 
 
