@@ -79,6 +79,14 @@ def main() -> None:
     assert shared["bytes"] == whole["bytes"] == len(text)
     rel = abs(shared["bpb"] - whole["bpb"]) / whole["bpb"]
     assert rel <= 1e-6, (shared, whole["bpb"])
+    # Stop decisions are one answer on every rank: a time limit seen by the last rank only, a
+    # signal seen by rank 0 only (a rank deciding alone would hang its peers in a collective).
+    last = grid.rank == grid.world_size - 1
+    assert trainer.stop_request(timed_out=last) == "max_minutes"
+    assert trainer.stop_request(timed_out=False) is None
+    trainer._stop_signal = 10 if grid.rank == 0 else None
+    assert trainer.stop_request(timed_out=last) == "signal"
+    trainer._stop_signal = None
     if grid.rank == 0:
         print(json.dumps({"ok": True, "grid": repr(grid), "params": len(report),
                           "decayed": plain[0], "val_bpb_shared": shared["bpb"],

@@ -5,7 +5,7 @@ The short parity tests in ``test_engine.py`` run 6 steps inside the warmup, wher
 group that lost its decay changes nothing measurable; the original bug (TP layers replaced
 ``nn.Linear``, so the global model's matrices got no decay under DeepSpeed) passed them. Here
 the loss and the clipped gradient norm must agree to 1e-4 relative at every step and the final
-consolidated weights to 1e-4 (relative to each tensor's largest value).
+consolidated weights to 1e-4 (norm of the difference relative to each tensor's norm).
 """
 
 from __future__ import annotations
@@ -78,10 +78,17 @@ def test_long_parity_with_weight_decay(tmp_path, long_reference, name):
     worst = assert_parity(ref_hist, got, loss_rel=1e-4, norm_rel=1e-4)
     weights = final_weights(run, distributed=True)
     assert set(weights) == set(ref_weights)
-    rel = {k: float((weights[k] - ref_weights[k]).abs().max() / ref_weights[k].abs().max().clamp_min(1e-12))
+    # Per tensor, the norm of the difference relative to the tensor's norm. Not the largest entry:
+    # a ReLU unit whose pre-activation sits at zero flips on fp32 roundoff (thread count, reduction
+    # order), and its few weights then end ~2e-4 of the tensor's largest value apart although the
+    # engine is right (seen at TP1xDP2: 32 entries of local_model.blocks.1.mlp.fc1.weight). A group
+    # that lost its decay is off by ~1e-2 in this norm (every weight shrinks ~1% less).
+    rel = {k: float((weights[k] - ref_weights[k]).norm() / ref_weights[k].norm().clamp_min(1e-12))
            for k in ref_weights}
+    entry = {k: float((weights[k] - ref_weights[k]).abs().max() / ref_weights[k].abs().max().clamp_min(1e-12))
+             for k in ref_weights}
     print(json.dumps({"layout": name, "loss_rel": worst["loss"], "grad_norm_rel": worst["grad_norm"],
-                      "weights_rel": max(rel.values())}))
+                      "weights_rel_norm": max(rel.values()), "weights_rel_entry": max(entry.values())}))
     assert max(rel.values()) <= 1e-4, sorted(rel.items(), key=lambda kv: -kv[1])[:5]
 
 

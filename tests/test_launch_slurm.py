@@ -71,7 +71,10 @@ class Cluster:
                 return jobs
             if time.monotonic() > deadline:
                 self.run("scancel", job_id, check=False)
-                raise AssertionError(f"job {job_id} did not finish in {timeout} s: {jobs}")
+                logs = {j.get("StdOut", "") for j in jobs} - {""}
+                tails = "\n".join(f"--- {p} (last 6000 chars):\n{read_log(p)[-6000:]}" for p in logs)
+                raise AssertionError(f"job {job_id} did not finish in {timeout} s: "
+                                     f"{[(j.get('JobState'), j.get('Restarts')) for j in jobs]}\n{tails}")
             time.sleep(0.5)
 
 

@@ -110,6 +110,7 @@ class DeepSpeedTrainer(Trainer):
             log.setLevel(logging.WARNING)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self._stop_signal: Optional[int] = None
+        self._stop_logged = False
         self._sampler_model: Optional[nn.Module] = None
         self._stage0_applied, self._undo_scheduler = True, 0
         # The single-process construction, with the steps below swapped in.
@@ -183,9 +184,9 @@ class DeepSpeedTrainer(Trainer):
             scheduler.step()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag: a handler that logs can run inside an interrupted write to the same stream
+        # ("reentrant call inside BufferedWriter") and raise on one rank mid-step.
         self._stop_signal = signum
-        log.warning("rank %d: received signal %d; will checkpoint at the next step boundary",
-                    self.grid.rank, signum)
 
     # ------------------------------------------------------------------ components
 
@@ -269,9 +270,19 @@ class DeepSpeedTrainer(Trainer):
 
         return {"share": (grid.dp_rank, grid.dp_size), "reduce": reduce}
 
-    def should_stop(self) -> bool:
-        """All ranks agree to stop if any rank got SIGTERM/SIGUSR1."""
-        return all_ranks_max(1.0 if self._stop_signal is not None else 0.0, self.device) > 0
+    def stop_request(self, timed_out: bool) -> Optional[str]:
+        """One answer on every rank: "signal" if any rank got SIGTERM/SIGUSR1, else "max_minutes"
+        if any rank's clock passed ``train.max_minutes``, else None."""
+        if self._stop_signal is not None and not self._stop_logged:
+            self._stop_logged = True
+            log.warning("rank %d: received signal %d; checkpointing at this step boundary",
+                        self.grid.rank, self._stop_signal)
+        flags = torch.tensor([float(self._stop_signal is not None), float(timed_out)],
+                             dtype=torch.float64, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] > 0:
+            return "signal"
+        return "max_minutes" if flags[1] > 0 else None
 
     def sample(self) -> Optional[str]:
         """Generate from a plain single-process copy on rank 0 (decoding calls submodules outside
@@ -373,9 +384,10 @@ class DeepSpeedTrainer(Trainer):
 def run_distributed(cfg: Config) -> Dict[str, Any]:
     """Build the engine, train, and tear the process group down."""
     trainer = DeepSpeedTrainer(cfg)
-    try:
-        return trainer.train()
-    finally:
-        if dist.is_initialized():
-            dist.barrier()
+    result = trainer.train()
+    # Leave together on success only: after an exception on one rank its peers may sit in another
+    # collective, and a barrier here would pair with it (or hang) instead of letting torchrun end
+    # the job.
+    dist.barrier()
+    return result
 

@@ -214,9 +214,11 @@ class Trainer:
         self._nan_injected = True
         return True
 
-    def should_stop(self) -> bool:
-        """True when a stop was requested (signals; the distributed engine agrees across ranks)."""
-        return False
+    def stop_request(self, timed_out: bool) -> Optional[str]:
+        """Why training stops after this step: "signal", "max_minutes" or None. Every rank must
+        get the same answer (the distributed engine agrees across ranks: a clock read on one rank
+        alone would send the ranks down different paths and hang them in mismatched collectives)."""
+        return "max_minutes" if timed_out else None
 
     def measure_peak(self) -> float:
         """Peak FLOP/s of all devices of this run, for MFU."""
@@ -242,7 +244,7 @@ class Trainer:
             stats = self.train_step()
             if stats.get("skipped"):
                 self._count_skip(stats)
-                if self.should_stop():
+                if self.stop_request(False) == "signal":
                     stop_reason = "signal"
                     self.save()
                     break
@@ -253,17 +255,17 @@ class Trainer:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", bpb=f"{stats['bpb']:.3f}")
             if self.step % cfg.logging.log_interval == 0 or self.step == cfg.train.max_steps:
                 history.append(self._log_step(stats, meter))
-            timed_out = deadline is not None and time.perf_counter() > deadline
-            last = self.step == cfg.train.max_steps or timed_out
+            reason = self.stop_request(deadline is not None and time.perf_counter() > deadline)
+            last = self.step == cfg.train.max_steps or reason == "max_minutes"
             if last or (cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0):
                 val = self._validate(validations)
-            stop = self.should_stop()
-            if last or stop or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
+            if last or reason or (cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0):
                 self.save()
-            if stop or timed_out:
-                stop_reason = "signal" if stop else "max_minutes"
+            if reason:
+                stop_reason = reason
                 log.info("stopping at step %d: %s", self.step, "stop signal received; checkpoint "
-                         "saved" if stop else f"train.max_minutes={cfg.train.max_minutes} reached")
+                         "saved" if reason == "signal" else
+                         f"train.max_minutes={cfg.train.max_minutes} reached")
                 break
         bar.close()
         if not val:  # resumed at max_steps or stopped early: still report a validation number
