@@ -5,8 +5,9 @@
 
 Inputs are files and directories (recursive; ``--include`` / ``--exclude`` globs). ``.jsonl`` and
 ``.jsonl.gz`` files hold one document per line (the ``--text-field`` string, stored as UTF-8);
-every other file (text, code, images, audio, anything) is one document of raw bytes. Documents
-keep their boundaries; one larger than ``--max-sample-bytes`` is stored as numbered chunks.
+every other file (text, code, images, audio, anything) is one document of raw bytes, unless
+``--media`` converts images and audio (below). Documents keep their boundaries; one larger than
+``--max-sample-bytes`` is stored as numbered chunks.
 
 Each document goes to train / val / test by a hash of its id (the path relative to its input, or
 ``file:line`` for JSONL), so the split never depends on worker count or input order. Output:
@@ -15,11 +16,19 @@ document and byte counts; per shard bytes, samples and sha256; sources; options;
 counts), written last and atomically. Re-running with the same inputs and options is a no-op;
 an interrupted run leaves no manifest, and running it again writes identical shards.
 
+Images and audio (``--media``, see ``data_prep/media.py``): by default (``auto``) a set of inputs
+that are all images (.png/.jpg/.jpeg) becomes one document per image of ``--image-size`` squared
+x 3 raw RGB bytes (``--image-fit``, ``--pixel-order raster`` or ``blocks:B``), and a set of
+inputs that are all .wav files one document per file of mono samples (``--audio-format``
+``mulaw8`` or ``pcm16``; every file at one sample rate). A mix of images, audio and other files
+is an error in ``auto`` mode; ``--media none`` stores every file's bytes as they are. What the
+bytes are is recorded in the manifest under ``"media"``.
+
 Bad input (an unreadable or vanished file, an empty file, a malformed JSONL line, a missing text
-field, invalid UTF-8 in JSON text) is fatal with one line naming the file and line, unless
-``--skip KIND`` (or ``--skip all``) is given: then each is warned about and counted in the
-manifest. Sizes accept suffixes K, M, G (powers of 1024; ``KiB``, ``MB`` etc. are the same).
-The result is one JSON object on stdout; progress and warnings go to stderr.
+field, invalid UTF-8 in JSON text, an image or WAV file that cannot be decoded) is fatal with one
+line naming the file and line, unless ``--skip KIND`` (or ``--skip all``) is given: then each is
+warned about and counted in the manifest. Sizes accept suffixes K, M, G (powers of 1024; ``KiB``,
+``MB`` etc. are the same). The result is one JSON object on stdout; progress and warnings go to stderr.
 """
 
 from __future__ import annotations
@@ -38,6 +47,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from data_prep.media import (
+    AUDIO_FORMATS,
+    IMAGE_FITS,
+    MediaError,
+    MediaSpec,
+    audio_to_bytes,
+    image_to_bytes,
+    media_kind_of,
+    parse_pixel_order,
+)
 from data_prep.shards import (
     FORMAT,
     MANIFEST,
@@ -52,7 +71,11 @@ from data_prep.shards import (
 )
 from data_prep.sources import STDLIB_EXCLUDE, InputFile, collect_inputs, split_of, stdlib_dir
 
-BAD_KINDS = ("unreadable", "empty", "malformed_json", "missing_field", "invalid_utf8")
+BAD_KINDS = ("unreadable", "empty", "malformed_json", "missing_field", "invalid_utf8", "bad_image",
+             "bad_audio")
+MEDIA_KINDS = ("bad_image", "bad_audio")  # bad-input kinds that exist only for media inputs
+MEDIA_MODES = ("auto", "none", "image", "audio")
+MEDIA_OPTIONS = ("media", "image_size", "image_fit", "pixel_order", "audio_format", "audio_sample_rate")
 JSONL_TASK_BYTES = 16 << 20  # a large .jsonl file is read in ranges of about this size
 BATCH_BYTES = 4 << 20  # tasks are sent to workers in batches of about this many input bytes
 MAX_EXAMPLES = 100  # bad-input messages kept in the manifest
@@ -78,6 +101,12 @@ class PrepOptions:
     include: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()
     skip: Tuple[str, ...] = ()
+    media: str = "auto"  # 'auto' (by extension), 'none' (raw bytes), 'image' or 'audio'
+    image_size: int = 64
+    image_fit: str = "crop"
+    pixel_order: str = "raster"
+    audio_format: str = "mulaw8"
+    audio_sample_rate: Optional[int] = None  # None: every file at the rate of the first one
 
     def check(self) -> None:
         if self.shard_bytes <= 0:
@@ -93,7 +122,42 @@ class PrepOptions:
         bad = [k for k in self.skip if k not in BAD_KINDS]
         if bad:
             raise PrepError(f"--skip: unknown kind {bad[0]!r} (kinds: {', '.join(BAD_KINDS)}, all)")
+        if self.media not in MEDIA_MODES:
+            raise PrepError(f"--media must be one of {', '.join(MEDIA_MODES)}, got {self.media!r}")
+        try:
+            for kind in ("image", "audio"):
+                self.media_spec(kind).check()
+        except MediaError as err:
+            raise PrepError(str(err)) from None
 
+    def media_spec(self, kind: str) -> MediaSpec:
+        """The :class:`MediaSpec` these options give for ``kind`` ('image' or 'audio')."""
+        if kind == "image":
+            return MediaSpec("image", image_size=self.image_size, image_fit=self.image_fit,
+                             pixel_order=self.pixel_order, channels=3)
+        return MediaSpec("audio", audio_format=self.audio_format, sample_rate=self.audio_sample_rate,
+                         channels=1)
+
+
+def resolve_media(files: List[InputFile], opts: PrepOptions) -> Optional[MediaSpec]:
+    """The media spec for these files (None: raw bytes). ``auto``: images if every file has an
+    image extension, audio if every file is .wav, raw bytes if none is either; a mix is an error
+    naming one file of each kind."""
+    if opts.media in ("image", "audio"):
+        return opts.media_spec(opts.media)
+    if opts.media == "none":
+        return None
+    example: Dict[str, str] = {}
+    for f in files:
+        example.setdefault(media_kind_of(f.path) or "other", f.path)
+    if len(example) == 1 and "other" not in example:
+        return opts.media_spec(next(iter(example)))
+    if len(example) > 1:
+        names = {"image": "images", "audio": "audio", "other": "other files"}
+        found = ", ".join(f"{names[k]} ({v})" for k, v in sorted(example.items()))
+        raise PrepError(f"--media auto: the inputs mix {found}; pass --media none to store every file's "
+                        "bytes as they are, or --include/--exclude to prepare one kind at a time")
+    return None
 
 # --------------------------------------------------------------------------------------
 # Work items, run in worker processes
@@ -122,6 +186,7 @@ class TaskResult:
     bad: List[Tuple[str, int, str]] = field(default_factory=list)  # (kind, line or 0, message)
     lines: int = 0
     blank_lines: int = 0
+    sample_rate: Optional[int] = None  # audio: the file's rate
 
 
 def _read_raw(task: Task, res: TaskResult) -> None:
@@ -142,6 +207,22 @@ def _read_raw(task: Task, res: TaskResult) -> None:
                                          f"bytes at offset {task.start}, got {len(data)})"))
         return
     res.docs.append((0, None, data))
+
+
+def _read_media(task: Task, media: MediaSpec, res: TaskResult) -> None:
+    """Read a whole image or WAV file and convert it (``data_prep.media``) to one document."""
+    _read_raw(task, res)
+    if res.bad:
+        return
+    data = res.docs.pop()[2]
+    try:
+        if media.kind == "image":
+            res.docs.append((0, None, image_to_bytes(data, media)))
+        else:
+            payload, res.sample_rate = audio_to_bytes(data, media)
+            res.docs.append((0, None, payload))
+    except MediaError as err:
+        res.bad.append((f"bad_{media.kind}", 0, str(err)))
 
 
 def _parse_line(line: bytes, lineno: int, opts: PrepOptions, res: TaskResult) -> None:
@@ -211,13 +292,16 @@ def _read_jsonl(task: Task, opts: PrepOptions, res: TaskResult) -> None:
         res.bad.append(("unreadable", where, f"cannot read: {getattr(err, 'strerror', None) or err}"))
 
 
-def run_batch(tasks: List[Task], opts: PrepOptions) -> List[TaskResult]:
-    """Run a batch of tasks (in a worker process, or inline)."""
+def run_batch(tasks: List[Task], opts: PrepOptions, media: Optional[MediaSpec] = None) -> List[TaskResult]:
+    """Run a batch of tasks (in a worker process, or inline); ``media`` converts image/audio files."""
     out = []
     for task in tasks:
         res = TaskResult()
         if task.kind == "raw":
             _read_raw(task, res)
+        elif task.kind in ("image", "audio"):
+            assert media is not None
+            _read_media(task, media, res)
         else:
             _read_jsonl(task, opts, res)
         out.append(res)
@@ -248,12 +332,14 @@ def select_files(files: List[InputFile], opts: PrepOptions) -> List[InputFile]:
     return files
 
 
-def make_tasks(files: List[InputFile], opts: PrepOptions) -> List[Task]:
+def make_tasks(files: List[InputFile], opts: PrepOptions, media: Optional[MediaSpec] = None) -> List[Task]:
     tasks: List[Task] = []
     for i, f in enumerate(files):
         if f.size <= 0:  # empty or vanished: reported by the main process, nothing to read
             continue
-        if f.kind == "raw":
+        if media is not None:  # the whole file, converted in the worker
+            tasks.append(Task(i, media.kind, f.path, 0, f.size, f.size))
+        elif f.kind == "raw":
             n = -(-f.size // opts.max_sample_bytes)
             for c in range(n):
                 start = c * opts.max_sample_bytes
@@ -282,11 +368,20 @@ def _batches(tasks: List[Task]) -> List[List[Task]]:
     return out
 
 
-def fingerprint(inputs: Sequence[Path], files: List[InputFile], opts: PrepOptions) -> str:
-    """Hash of everything the output depends on: options, input paths, every file's id/size/mtime."""
+def fingerprint(inputs: Sequence[Path], files: List[InputFile], opts: PrepOptions,
+                media: Optional[MediaSpec] = None) -> str:
+    """Hash of everything the output depends on: options, input paths, every file's id/size/mtime,
+    and the media spec. Without media, the media options do not change the output and are left
+    out (so datasets prepared before they existed keep their fingerprint)."""
+    options = asdict(opts)
+    head: Dict[str, Any] = {"inputs": [str(Path(p).resolve()) for p in inputs]}
+    if media is None:
+        options = {k: v for k, v in options.items() if k not in MEDIA_OPTIONS}
+        options["skip"] = [k for k in opts.skip if k not in MEDIA_KINDS]
+    else:
+        head["media"] = asdict(media)
     h = hashlib.sha256()
-    h.update(json.dumps({"options": asdict(opts), "inputs": [str(Path(p).resolve()) for p in inputs]},
-                        sort_keys=True).encode())
+    h.update(json.dumps({"options": options, **head}, sort_keys=True).encode())
     for f in files:
         h.update(f"{f.doc_id}\0{f.path}\0{f.size}\0{f.mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
@@ -331,7 +426,8 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
     if not files:
         raise PrepError(f"no input files in {', '.join(map(str, inputs))} "
                         f"(include {list(opts.include) or 'all'}, exclude {list(opts.exclude)})")
-    fp = fingerprint(inputs, files, opts)
+    media = resolve_media(files, opts)
+    fp = fingerprint(inputs, files, opts, media)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = finished_manifest(out_dir, fp, "bytes")
     if existing is not None:
@@ -343,14 +439,14 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
     bad = _BadInputs(opts.skip, lambda msg: tqdm.write(msg, file=sys.stderr))
     writers = {s: SplitWriter(out_dir, s, opts.shard_bytes) for s in SPLITS}
-    state = {"docs": 0, "blank_lines": 0}
+    state: Dict[str, Any] = {"docs": 0, "blank_lines": 0, "sample_rate": None}
     try:
         for f in files:  # file-level problems known before reading
             if f.size == 0:
                 bad.report("empty", f.path, "empty file")
             elif f.size < 0:
                 bad.report("unreadable", f.path, "vanished before it could be read")
-        _run(files, make_tasks(files, opts), opts, workers, writers, bad, bar, state)
+        _run(files, make_tasks(files, opts, media), opts, workers, writers, bad, bar, state, media)
         records = [r for s in SPLITS for r in writers[s].close()]
     except BaseException:
         for w in writers.values():
@@ -358,14 +454,17 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
         bar.close()
         raise
     bar.close()
-    manifest = _manifest(inputs, files, opts, fp, records, bad, state["blank_lines"])
+    if media is not None and media.kind == "audio":  # the rate every written file has
+        media = MediaSpec(**{**asdict(media), "sample_rate": state["sample_rate"]})
+    manifest = _manifest(inputs, files, opts, fp, records, bad, state["blank_lines"], media)
     write_manifest(out_dir, manifest)
     remove_stale(out_dir, keep=tuple(r.name for r in records))
     return _summary(manifest, out_dir, "written", time.perf_counter() - t0, total_bytes)
 
 
 def _run(files: List[InputFile], tasks: List[Task], opts: PrepOptions, workers: int,
-         writers: Dict[str, SplitWriter], bad: _BadInputs, bar: Any, state: Dict[str, int]) -> None:
+         writers: Dict[str, SplitWriter], bad: _BadInputs, bar: Any, state: Dict[str, Any],
+         media: Optional[MediaSpec] = None) -> None:
     """Run the tasks (in order) and write their documents."""
     line_base = [0] * len(files)
     file_found = [0] * len(files)  # documents + problems seen per JSONL file
@@ -377,7 +476,9 @@ def _run(files: List[InputFile], tasks: List[Task], opts: PrepOptions, workers: 
         for task, res in zip(batch, results):
             f = files[task.file_index]
             base = line_base[task.file_index]
-            if task.kind == "raw":
+            if task.kind in ("image", "audio"):
+                _write_media(f, res, opts, writers, bad, state)
+            elif task.kind == "raw":
                 if task.file_index == skipped_file:
                     continue
                 if res.bad:
@@ -414,7 +515,7 @@ def _run(files: List[InputFile], tasks: List[Task], opts: PrepOptions, workers: 
 
     if workers <= 1:
         for batch in batches:
-            handle(batch, run_batch(batch, opts))
+            handle(batch, run_batch(batch, opts, media))
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else "spawn")
@@ -425,7 +526,7 @@ def _run(files: List[InputFile], tasks: List[Task], opts: PrepOptions, workers: 
         def submit() -> None:
             batch = next(it, None)
             if batch is not None:
-                pending.append((batch, pool.apply_async(run_batch, (batch, opts))))
+                pending.append((batch, pool.apply_async(run_batch, (batch, opts, media))))
 
         for _ in range(3 * workers):  # bounded look-ahead keeps memory bounded
             submit()
@@ -436,8 +537,33 @@ def _run(files: List[InputFile], tasks: List[Task], opts: PrepOptions, workers: 
             handle(batch, results)
 
 
+def _write_media(f: InputFile, res: TaskResult, opts: PrepOptions, writers: Dict[str, SplitWriter],
+                 bad: _BadInputs, state: Dict[str, Any]) -> None:
+    """Write one converted image / audio file as one document (or report why it is bad)."""
+    if res.bad:
+        kind, _, msg = res.bad[0]
+        bad.report(kind, f.path, msg)
+        return
+    if res.sample_rate is not None:
+        if state["sample_rate"] is None:
+            state["sample_rate"], state["rate_file"] = res.sample_rate, f.path
+        elif res.sample_rate != state["sample_rate"]:
+            bad.report("bad_audio", f.path, f"sample rate {res.sample_rate} Hz, but {state['rate_file']} "
+                       f"has {state['sample_rate']} Hz (no resampling is done: convert the files, or "
+                       "pass --audio-sample-rate)")
+            return
+    payload = res.docs[0][2]
+    w = writers[split_of(f.doc_id, opts.val_fraction, opts.test_fraction)]
+    chunks = split_payload(payload, opts.max_sample_bytes)
+    for c, part in enumerate(chunks):
+        w.write_chunk(f.doc_id, c, len(chunks), part)
+    w.end_document()
+    state["docs"] += 1
+
+
 def _manifest(inputs: Sequence[Path], files: List[InputFile], opts: PrepOptions, fp: str,
-              records: List[Any], bad: _BadInputs, blank_lines: int) -> Dict[str, Any]:
+              records: List[Any], bad: _BadInputs, blank_lines: int,
+              media: Optional[MediaSpec] = None) -> Dict[str, Any]:
     splits = {}
     for s in SPLITS:
         recs = [r for r in records if r.split == s]
@@ -459,6 +585,7 @@ def _manifest(inputs: Sequence[Path], files: List[InputFile], opts: PrepOptions,
         "shards": [r.as_dict() for r in records],
         "bad_input": {"counts": dict(bad.counts), "examples": bad.examples},
         "blank_lines": blank_lines,
+        "media": media.as_dict() if media is not None else None,
     }
 
 
@@ -469,7 +596,7 @@ def _summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: floa
            "seconds": round(seconds, 3),
            "splits": {s: {k: v[k] for k in ("docs", "bytes", "samples", "shards")}
                       for s, v in manifest["splits"].items()},
-           "bad_input": manifest["bad_input"]["counts"]}
+           "bad_input": manifest["bad_input"]["counts"], "media": manifest.get("media")}
     if input_bytes is not None:
         out["mb_per_s"] = round(input_bytes / 1e6 / max(seconds, 1e-9), 2)
     return out
@@ -517,9 +644,34 @@ def add_prep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bytes", type=parse_size, default=None, help="stop after this many input bytes")
     p.add_argument("--skip", action="append", default=[], metavar="KIND",
                    help=f"skip (warn and count) bad input of this kind: {', '.join(BAD_KINDS)}, or all")
+    m = p.add_argument_group("images and audio (see data_prep/media.py)")
+    m.add_argument("--media", choices=MEDIA_MODES, default="auto",
+                   help="auto (default): images if every input is .png/.jpg/.jpeg, audio if every input "
+                        "is .wav, else raw bytes (a mix is an error); none: every file's bytes as they are")
+    m.add_argument("--image-size", type=int, default=64, metavar="S",
+                   help="images become S x S x 3 RGB bytes (64: 12,288 bytes, the paper's ImageNet-64)")
+    m.add_argument("--image-fit", choices=IMAGE_FITS, default="crop",
+                   help="crop: centre square resized to S (default); resize: squashed to S x S; "
+                        "pad: longer side to S, centred on black")
+    m.add_argument("--pixel-order", default="raster", type=_pixel_order, metavar="{raster,blocks:B}",
+                   help="raster: rows of RGB pixels (default); blocks:B: B x B pixel blocks in raster order, "
+                        "pixels in a block in raster order (3*B*B bytes a block: blocks:2 = patch size 12)")
+    m.add_argument("--audio-format", choices=AUDIO_FORMATS, default="mulaw8",
+                   help="mulaw8: G.711 mu-law, 1 byte a sample (default); pcm16: signed 16-bit "
+                        "little-endian. Channels are averaged to mono; no resampling")
+    m.add_argument("--audio-sample-rate", type=int, default=None, metavar="HZ",
+                   help="every WAV must have this rate (else bad_audio); default: the rate of the first file")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="worker processes (default: min(4, CPUs))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _pixel_order(text: str) -> str:
+    try:
+        parse_pixel_order(text)
+    except MediaError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def inputs_and_options(args: argparse.Namespace) -> Tuple[List[Path], PrepOptions]:
@@ -537,7 +689,10 @@ def inputs_and_options(args: argparse.Namespace) -> Tuple[List[Path], PrepOption
     opts = PrepOptions(shard_bytes=args.shard_bytes, max_sample_bytes=args.max_sample_bytes,
                        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                        text_field=args.text_field, id_field=args.id_field, order=args.order,
-                       max_bytes=args.max_bytes, include=include, exclude=exclude, skip=skip)
+                       max_bytes=args.max_bytes, include=include, exclude=exclude, skip=skip,
+                       media=args.media, image_size=args.image_size, image_fit=args.image_fit,
+                       pixel_order=args.pixel_order, audio_format=args.audio_format,
+                       audio_sample_rate=args.audio_sample_rate)
     opts.check()
     return inputs, opts
 

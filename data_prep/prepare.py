@@ -10,7 +10,7 @@ Runs, each step skipped when its output is already up to date:
 2. ``OUTPUT/tokenizer.model``: a lossless SentencePiece model trained on a capped, shuffled
    sample of the train split (``--vocab-size``, ``--model-type``; ``--vocab-size 0`` skips 2-3);
 3. ``OUTPUT/tokens``: token shards for the subword baseline (bytes per token per split in the
-   manifest; documents that are not UTF-8 need ``--skip invalid_utf8``).
+   manifest; bytes that are not UTF-8 are encoded as byte-fallback pieces, exactly).
 
 Train with ``data.source=shards data.datasets=[OUTPUT/bytes]`` (or ``[OUTPUT/tokens]`` with
 ``model.vocab=sentencepiece model.tokenizer=OUTPUT/tokenizer.model``). The result is one JSON
@@ -70,17 +70,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         bytes_dir = args.output / "bytes"
         out["bytes"] = prepare(inputs, bytes_dir, opts, workers=args.workers, progress=not args.no_progress)
         print(describe(out["bytes"]), file=sys.stderr)
-        if args.vocab_size > 0:
+        media = (out["bytes"].get("media") or {}).get("kind")
+        if args.vocab_size > 0 and media:
+            print(f"note: no tokenizer or token shards: the inputs are {media} data (a subword model "
+                  "of samples or pixels means nothing)", file=sys.stderr)
+        elif args.vocab_size > 0:
             prefix = args.output / "tokenizer"
             out["tokenizer"] = train_tokenizer(bytes_dir, prefix, args.vocab_size, args.model_type,
                                                args.sample_lines)
             out["tokens"] = tokenize_dataset(bytes_dir, Path(f"{prefix}.model"), args.output / "tokens",
-                                             args.workers, "invalid_utf8" in opts.skip, not args.no_progress)
+                                             args.workers, False, not args.no_progress)
     except (PrepError, TokenizeError, ManifestError, ShardError, OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     train = [f"python -m pretrain.train data.source=shards data.datasets=[{args.output / 'bytes'}]"]
-    if args.vocab_size > 0:
+    if "tokens" in out:
         train.append(f"python -m pretrain.train --config configs/debug_subword.yaml data.source=shards "
                      f"data.datasets=[{args.output / 'tokens'}] "
                      f"model.tokenizer={args.output / 'tokenizer.model'}")

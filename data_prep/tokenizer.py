@@ -17,8 +17,10 @@ shuffled sample (``input_sentence_size``) so memory stays bounded on large corpo
 ``--tokens-output DIR`` then tokenizes every split of ``--dataset`` into token shards (one per
 source shard; samples hold little-endian piece ids plus the exact byte count of their text)
 with a manifest recording bytes per token per split. Every document is checked to decode back
-to its exact bytes. A document that is not valid UTF-8 is fatal with its shard and id, unless
-``--skip invalid_utf8`` (then warned about and counted). Re-running with the same inputs is a
+to its exact bytes. Bytes that are not valid UTF-8 (a Latin-1 file in a UTF-8 corpus, binary
+data) are encoded as their byte-fallback pieces, exactly and with the byte count unchanged; such
+documents are counted in the manifest (``non_utf8``) and summarized in one line.
+``--skip invalid_utf8`` leaves them out instead (counted). Re-running with the same inputs is a
 no-op. Results are one JSON object on stdout; progress and logs go to stderr.
 """
 
@@ -139,11 +141,11 @@ def _vocab(model_path: str) -> Any:
 
 def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: int, model_path: str,
                     dtype: str, max_sample_bytes: int, skip_invalid: bool, samples: int
-                    ) -> Tuple[Optional[Dict[str, Any]], List[str], int]:
+                    ) -> Tuple[Optional[Dict[str, Any]], List[str], int, List[str]]:
     """Tokenize one byte shard into a token shard of the same name (run in a worker process).
 
     Returns (shard record or None when no document was left, skipped-document messages, source
-    bytes read).
+    bytes read, ids of the documents kept that are not valid UTF-8).
     """
     import numpy as np
 
@@ -153,24 +155,20 @@ def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: 
     np_dtype = np.dtype("<u2") if dtype == "uint16" else np.dtype("<u4")
     writer = SplitWriter(Path(out_dir), split, target_bytes=1 << 62, kind="tokens", first_index=first_index)
     skipped: List[str] = []
+    non_utf8: List[str] = []
     read = 0
     try:
         for doc_id, payload, _ in iter_shard_documents(Path(src), "bytes", samples):
             read += len(payload)
             try:
-                ids = vocab.encode(payload)
-            except ValueError:
-                try:
-                    payload.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    msg = (f"shard {src}: document {doc_id!r}: not valid UTF-8 at byte {err.start} "
-                           "(the subword baseline needs text)")
-                    if not skip_invalid:
-                        raise TokenizeError(msg + "; pass --skip invalid_utf8 to leave such documents out"
-                                            ) from None
-                    skipped.append(msg)
+                payload.decode("utf-8")
+            except UnicodeDecodeError as err:
+                if skip_invalid:
+                    skipped.append(f"shard {src}: document {doc_id!r}: not valid UTF-8 at byte "
+                                   f"{err.start}")
                     continue
-                raise
+                non_utf8.append(doc_id)  # its odd bytes become byte pieces (exact)
+            ids = vocab.encode(payload)
             if vocab.decode(ids) != payload:
                 raise TokenizeError(f"shard {src}: document {doc_id!r}: tokenization is not lossless "
                                     f"with {model_path} (was it trained by data_prep.tokenizer?)")
@@ -185,10 +183,10 @@ def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: 
         writer.abort()
         raise
     assert len(records) <= 1 and (not records or records[0].name == name), (records, name)
-    return (records[0].as_dict() if records else None), skipped, read
+    return (records[0].as_dict() if records else None), skipped, read, non_utf8
 
 
-def _tokenize_task(args: Tuple) -> Tuple[Optional[Dict[str, Any]], List[str], int]:
+def _tokenize_task(args: Tuple) -> Tuple[Optional[Dict[str, Any]], List[str], int, List[str]]:
     return _tokenize_shard(*args)
 
 
@@ -239,7 +237,11 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         tasks.append((str(Path(dataset) / rec["name"]), str(out_dir), rec["name"], rec["split"],
                       int(m.group(2)), str(model_path), dtype, max_sample, skip_invalid_utf8,
                       rec["samples"]))
-    records, skipped = _run_tasks(tasks, workers, sum(r["bytes"] for r in src["shards"]), progress)
+    records, skipped, non_utf8 = _run_tasks(tasks, workers, sum(r["bytes"] for r in src["shards"]),
+                                            progress)
+    if non_utf8:
+        print(f"note: {len(non_utf8)} document(s) are not valid UTF-8 (e.g. {non_utf8[0]!r}); their "
+              "invalid bytes are encoded as byte-fallback pieces, exactly", file=sys.stderr)
     splits = _split_stats(records)
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": "tokens", "created_by": "data_prep.tokenizer",
@@ -249,6 +251,7 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         "source": {"path": str(Path(dataset).resolve()), "fingerprint": src["fingerprint"]},
         "splits": splits, "shards": records,
         "bad_input": {"counts": {"invalid_utf8": len(skipped)}, "examples": skipped[:100]},
+        "non_utf8": {"documents": len(non_utf8), "examples": non_utf8[:100]},
     }
     write_manifest(out_dir, manifest)
     remove_stale(out_dir, keep=tuple(r["name"] for r in records))
@@ -256,8 +259,9 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
 
 
 def _run_tasks(tasks: List[Tuple], workers: int, total_bytes: int, progress: bool
-               ) -> Tuple[List[Dict[str, Any]], List[str]]:
-    """Tokenize every shard (in a pool when ``workers`` > 1): shard records and skipped documents."""
+               ) -> Tuple[List[Dict[str, Any]], List[str], List[str]]:
+    """Tokenize every shard (in a pool when ``workers`` > 1): shard records, skipped documents
+    and the ids of kept documents that are not valid UTF-8."""
     import multiprocessing
 
     from tqdm import tqdm
@@ -266,9 +270,11 @@ def _run_tasks(tasks: List[Tuple], workers: int, total_bytes: int, progress: boo
                desc="tokenize", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     records: List[Dict[str, Any]] = []
     skipped: List[str] = []
+    non_utf8: List[str] = []
 
-    def take(result: Tuple[Optional[Dict[str, Any]], List[str], int]) -> None:
-        rec, skip, read = result
+    def take(result: Tuple[Optional[Dict[str, Any]], List[str], int, List[str]]) -> None:
+        rec, skip, read, odd = result
+        non_utf8.extend(odd)
         if rec is not None:
             records.append(rec)
         for msg in skip:
@@ -289,7 +295,7 @@ def _run_tasks(tasks: List[Tuple], workers: int, total_bytes: int, progress: boo
                     take(result)
     finally:
         bar.close()
-    return records, skipped
+    return records, skipped, non_utf8
 
 
 def _split_stats(records: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
@@ -310,7 +316,8 @@ def _token_summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds
     return {"status": status, "output": str(out_dir), "seconds": round(seconds, 3),
             "splits": {s: {k: v[k] for k in ("docs", "bytes", "tokens", "shards", "bytes_per_token")}
                        for s, v in manifest["splits"].items()},
-            "bad_input": manifest["bad_input"]["counts"]}
+            "bad_input": manifest["bad_input"]["counts"],
+            "non_utf8_documents": manifest.get("non_utf8", {}).get("documents", 0)}
 
 
 # --------------------------------------------------------------------------------------
@@ -341,7 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--tokens-output", type=Path, default=None,
                         help="write token shards of every split of --dataset into this directory")
     parser.add_argument("--skip", action="append", default=[], choices=["invalid_utf8"],
-                        help="leave out (warn and count) documents that are not valid UTF-8")
+                        help="leave out (warn and count) documents that are not valid UTF-8 "
+                             "(default: encode their invalid bytes as byte-fallback pieces)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="tokenizer processes for --tokens-output (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -7,8 +7,9 @@ pieces uses 0..n-1 and pad/bos/eos = n/n+1/n+2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 BYTE_VOCAB = 256
 SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace marker
@@ -47,20 +48,32 @@ class SentencePieceVocab:
         n = self.sp.get_piece_size()
         self.pad_id, self.bos_id, self.eos_id = n, n + 1, n + 2
         self.vocab_size = n + 3
-        self._space_symbol_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode()]
-        if self.sp.unk_id() in self._space_symbol_ids:
+        self._byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        self._space_symbol_ids = [self._byte_ids[b] for b in SPACE_SYMBOL.encode()]
+        self._table: Optional[List[bytes]] = None
+        if self.sp.unk_id() in self._byte_ids:
             raise ValueError(f"{path} has no byte-fallback pieces: train it with byte_fallback=True "
                              "(python -m data_prep.tokenizer) so that every text round-trips")
 
     def encode(self, data: bytes) -> List[int]:
-        """UTF-8 bytes -> piece ids. Encoded line by line (much faster on long texts); with
-        byte_fallback and identity normalization the round trip is lossless. SentencePiece
+        """Any bytes -> piece ids, losslessly. Valid UTF-8 is encoded line by line (much faster
+        on long texts; with byte_fallback and identity normalization the round trip is exact).
+        A byte that is not part of valid UTF-8 (a Latin-1 letter in a UTF-8 corpus, binary data)
+        becomes its byte-fallback piece ``<0xNN>``, so the byte count never changes. SentencePiece
         decodes its whitespace symbol U+2581 as a space, so a literal U+2581 in the text is
         encoded as its three byte-fallback pieces, which decode back to U+2581."""
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"the subword baseline needs valid UTF-8 text: {err}") from None
+        # surrogateescape maps each invalid byte to one lone surrogate U+DC80..U+DCFF; valid
+        # UTF-8 never decodes to a surrogate, so the surrogates are exactly the invalid bytes.
+        text = data.decode("utf-8", errors="surrogateescape")
+        ids: List[int] = []
+        for i, part in enumerate(_INVALID_RUN.split(text)):
+            if i % 2:  # a run of invalid bytes (the split keeps the separators at odd positions)
+                ids.extend(self._byte_ids[ord(c) - 0xDC00] for c in part)
+            elif part:
+                ids.extend(self._encode_text(part))
+        return ids
+
+    def _encode_text(self, text: str) -> List[int]:
         ids: List[int] = []
         lines = text.splitlines(keepends=True)
         if SPACE_SYMBOL not in text:
@@ -76,10 +89,29 @@ class SentencePieceVocab:
         return ids
 
     def decode(self, ids: Sequence[int]) -> bytes:
-        """Piece ids -> UTF-8 bytes; special ids are dropped."""
-        n = self.sp.get_piece_size()
-        return self.sp.decode([int(i) for i in ids if 0 <= i < n]).encode("utf-8")
+        """Piece ids -> the exact bytes they stand for (byte pieces are raw bytes, so bytes that
+        are not UTF-8 come back unchanged); special ids are dropped."""
+        table = self._piece_bytes
+        return b"".join([table[i] for i in ids if 0 <= i < len(table)])
 
+    @property
+    def _piece_bytes(self) -> List[bytes]:
+        """Bytes of every piece id: ``<0xNN>`` -> that byte, U+2581 -> space, control pieces
+        (unk, which byte fallback never produces) -> nothing."""
+        if self._table is None:
+            sp, table = self.sp, []
+            for i in range(sp.get_piece_size()):
+                if sp.is_byte(i):
+                    table.append(bytes([int(sp.id_to_piece(i)[3:5], 16)]))
+                elif sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                    table.append(b"")
+                else:
+                    table.append(sp.id_to_piece(i).replace(SPACE_SYMBOL, " ").encode("utf-8"))
+            self._table = table
+        return self._table
+
+
+_INVALID_RUN = re.compile("([\udc80-\udcff]+)")
 
 Vocab = Union[ByteVocab, SentencePieceVocab]
 

@@ -1,14 +1,20 @@
-"""MEGABYTE vs a byte Transformer vs a subword Transformer at matched compute, on your data.
+"""MEGABYTE vs byte Transformers (full and windowed attention) vs a subword Transformer at
+matched compute, on your data.
 
 ``python -m pretrain.compare [--stdlib | CORPUS ... | --data PREPARED] [--size tiny] [--budget-bytes N]``
 
 1. Data: a raw corpus (default: Python's standard library source) is prepared once with
    ``python -m data_prep.prepare`` (byte shards, a SentencePiece model, token shards), or
    ``--data`` names an already prepared directory.
-2. Configs: MEGABYTE of the size class, then a byte Transformer and a subword Transformer whose
+2. Configs: MEGABYTE of the size class, then a byte Transformer (full attention), a byte
+   Transformer with sliding-window attention over MEGABYTE's context (the strong byte baseline
+   of later work) and a subword Transformer whose
    *training FLOPs per byte* match MEGABYTE's within 5% (the paper's formulas,
    ``pretrain.model.flops``); every model gets the same global batch in bytes and the same
-   training bytes (``--budget-bytes``, or ``--budget-flops`` / FLOPs per byte).
+   training bytes (``--budget-bytes``, or ``--budget-flops`` / FLOPs per byte). The subword model
+   runs only on text: when less than 90% of the corpus's bytes are printable UTF-8 (audio,
+   images, binary data) it is left out with one line saying why, before any training; a text
+   corpus with a few non-UTF-8 bytes keeps it (those bytes become byte-fallback pieces, exactly).
 3. Training through the engine (``pretrain.train``; ``--nproc N`` runs it under torchrun), each in
    its own run directory; finished runs are skipped and interrupted ones resume. ``--slurm``
    submits the unfinished ones as one Slurm job array instead (``launch.slurm --sweep``; the job
@@ -77,16 +83,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def matched_runs(args: argparse.Namespace, data_dir: Path) -> List[MatchedRun]:
-    """The three matched configs for the prepared data, each printed; a shape outside the FLOP
-    tolerance is an error."""
-    import sentencepiece as spm
+def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool) -> List[MatchedRun]:
+    """The matched configs for the prepared data (the subword model only when ``subword``), each
+    printed; a shape outside the FLOP tolerance is an error."""
+    bpt, sp_vocab = 1.0, 0
+    if subword:
+        import sentencepiece as spm
 
-    bpt = bytes_per_token(json.loads((data_dir / "tokens" / "manifest.json").read_text()))
-    sp_vocab = spm.SentencePieceProcessor(model_file=str(data_dir / "tokenizer.model")).get_piece_size()
+        bpt = bytes_per_token(json.loads((data_dir / "tokens" / "manifest.json").read_text()))
+        sp_vocab = spm.SentencePieceProcessor(model_file=str(data_dir / "tokenizer.model")).get_piece_size()
     slurm = args.slurm or args.slurm_dry_run
     plans = plan_models(args.size, data_dir, args.out, args.budget_bytes, args.budget_flops, bpt,
-                        sp_vocab, list(args.overrides), None if slurm else args.nproc)
+                        sp_vocab, list(args.overrides), None if slurm else args.nproc,
+                        subword=subword)
     base = plans[0].train_flops_per_byte
     for plan in plans:
         m = plan.cfg.model
@@ -134,8 +143,8 @@ def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     before the report (``--slurm-dry-run``, ``--no-wait``)."""
     out, modes = args.out, [m.strip() for m in args.modes.split(",") if m.strip()]
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = runs.prepare_data(args, out)
-    plans = matched_runs(args, data_dir)
+    data_dir, kind, subword = runs.prepare_data(args, out)
+    plans = matched_runs(args, data_dir, subword)
     heldout = out / "heldout.bin"
     text = runs.write_heldout(data_dir, heldout, args.eval_bytes)
     if (args.slurm or args.slurm_dry_run) and any(not runs.finished(p) for p in plans):
@@ -145,11 +154,13 @@ def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     evals = {p.name: runs.evaluate(p, heldout, modes, out) for p in plans}
     refs = {"byte unigram": report.unigram_entropy(text), **report.compressor_bpb(text)}
     bpw = report.bytes_per_word(text)
-    table = report.write_report(out, plans, trained, evals, refs, bpw, len(text), modes)
+    notes = report.corpus_notes(kind, subword, data_dir / "bytes")
+    table = report.write_report(out, plans, trained, evals, refs, bpw, len(text), modes, notes)
     plots = report.plot(out, plans)
     print("\n" + table + "\n", file=sys.stderr)
     return {"report": str(out / "report.md"), "plots": plots, "heldout_bytes": len(text),
-            "references": refs, "bytes_per_word": bpw,
+            "references": refs, "bytes_per_word": bpw, "text_share": kind.text_share,
+            "subword": subword,
             "models": {p.name: {"params": p.params, "train_flops_per_byte": p.train_flops_per_byte,
                                 "run_dir": p.cfg.run_dir, "training": trained[p.name],
                                 "eval": evals[p.name]["results"]} for p in plans}}

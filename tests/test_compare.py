@@ -39,6 +39,27 @@ def test_reference_compressors_and_words():
     assert bytes_per_word(b"x" * 100 + b" " + b"y" * 100) is None  # not word-like
 
 
+LATIN1 = "# caf\u00e9 au lait (Latin-1)\n".encode("latin-1")
+
+
+def test_text_share_rule():
+    """Text keeps the subword baseline (a few Latin-1 bytes included); audio-like and random
+    bytes do not (pretrain.comparison.corpus)."""
+    import math
+    import random
+
+    from pretrain.comparison.corpus import TEXT_SHARE_MIN, text_share
+
+    prose = Path(os.__file__).read_bytes()
+    assert text_share(prose) > 0.999
+    assert text_share(prose + LATIN1 * 20) >= TEXT_SHARE_MIN
+    rng = random.Random(0)
+    assert text_share(bytes(rng.randrange(256) for _ in range(50_000))) < 0.6
+    tone = bytes(int(128 + 100 * math.sin(i / 7) + rng.gauss(0, 3)) % 256 for i in range(50_000))
+    assert text_share(tone) < TEXT_SHARE_MIN
+    assert text_share(b"") == 1.0
+
+
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
@@ -49,7 +70,9 @@ def compared(tmp_path_factory):
                  "glob.py", "fnmatch.py", "difflib.py", "pprint.py", "random.py", "calendar.py",
                  "locale.py", "gettext.py", "heapq.py", "bisect.py", "copy.py", "enum.py",
                  "dataclasses.py", "typing.py", "json/decoder.py", "json/encoder.py"):
-        (corpus / name.replace("/", "_")).write_bytes((stdlib / name).read_bytes())
+        # A mixed corpus: every file also holds a Latin-1 byte (not UTF-8). The subword baseline
+        # still runs and scores those bytes through its byte-fallback pieces.
+        (corpus / name.replace("/", "_")).write_bytes(LATIN1 + (stdlib / name).read_bytes())
     cmd = [sys.executable, "-m", "pretrain.compare", str(corpus), "--out", str(out / "cmp"),
            "--budget-bytes", "16384", "--vocab-size", "1000", "--eval-bytes", "3000",
            "--val-fraction", "0.25",
@@ -65,8 +88,12 @@ def compared(tmp_path_factory):
 def test_report_and_plots(compared):
     out, summary, _ = compared
     report = (out / "report.md").read_text()
-    for name in ("megabyte", "transformer_bytes", "transformer_subword", "gzip -9", "xz -6"):
+    for name in ("megabyte", "transformer_bytes", "transformer_window", "transformer_subword",
+                 "gzip -9", "xz -6"):
         assert f"| {name} |" in report
+    assert summary["subword"] and 0.99 < summary["text_share"] < 1.0  # the Latin-1 bytes
+    assert "printable UTF-8 text; text: the subword baseline runs" in report
+    assert "| bpb basic (1x) | bpb sliding (2x) | bpb strided (2x) |" in report
     for png in summary["plots"]:
         data = Path(png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -84,6 +111,7 @@ def test_numbers_equal_the_evaluate_command(compared):
                               capture_output=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         got = json.loads(proc.stdout)["results"]
+        assert LATIN1 in (out / "heldout.bin").read_bytes()  # odd bytes scored by every model
         for mode, r in model["eval"].items():
             assert got[mode]["bpb"] == pytest.approx(r["bpb"], rel=1e-9), (name, mode)
             assert got[mode]["bytes"] == summary["heldout_bytes"]
@@ -115,7 +143,7 @@ def test_readme_evaluate_and_generate_commands_on_a_compare_run(compared):
 
 def test_rerun_skips_finished_runs(compared):
     _, _, second = compared
-    assert second.stderr.count("finished earlier") == 3
+    assert second.stderr.count("finished earlier") == 4
     assert not re.search(r": training \(\d+ steps\)", second.stderr)
 
 
@@ -129,8 +157,8 @@ def test_slurm_job_array_dry_run(compared, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["submitted"] is False
-    assert "#SBATCH --array=0-2" in result["launch"]
-    for name in ("megabyte", "transformer_bytes", "transformer_subword"):
+    assert "#SBATCH --array=0-3" in result["launch"]
+    for name in ("megabyte", "transformer_bytes", "transformer_window", "transformer_subword"):
         assert (tmp_path / "cmp" / "configs" / f"{name}.yaml").is_file()
 
 
@@ -177,3 +205,78 @@ def test_a_run_stopped_by_a_time_limit_is_resumed_to_its_budget(compared, tmp_pa
     # Without --set, the planned runs have no time limit at all.
     plain = (out / "configs" / "megabyte.yaml").read_text()
     assert "max_minutes: 0.0" in plain
+
+
+def write_wav_clips(root: Path, n: int, seconds: float = 0.6, rate: int = 8000) -> None:
+    """Synthesized speech-like clips: tones with a wobbling pitch and noise, 16-bit mono WAV."""
+    import wave
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        t = np.arange(int(seconds * rate)) / rate
+        pitch = 180 + 60 * i + 40 * np.sin(2 * np.pi * 3 * t)
+        signal = 0.5 * np.sin(2 * np.pi * np.cumsum(pitch) / rate) + 0.05 * rng.standard_normal(t.size)
+        with wave.open(str(root / f"clip_{i:02d}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def test_compare_on_audio_leaves_the_subword_model_out_with_one_line(tmp_path):
+    """A folder of WAV clips is not text: the comparison says so once, before training, trains
+    no tokenizer, and reports MEGABYTE against the byte baselines."""
+    corpus = tmp_path / "clips"
+    corpus.mkdir()
+    write_wav_clips(corpus, 24)
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "pretrain.compare", str(corpus), "--out", str(out),
+           "--budget-bytes", "16384", "--eval-bytes", "3000", "--val-fraction", "0.25"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not summary["subword"] and summary["text_share"] < 0.9
+    assert "transformer_subword" not in summary["models"]
+    assert set(summary["models"]) == {"megabyte", "transformer_bytes", "transformer_window"}
+    left_out = [line for line in proc.stderr.splitlines() if "subword baseline is left out" in line]
+    assert len(left_out) == 1, proc.stderr[-3000:]
+    assert "UTF-8" not in proc.stderr.replace(left_out[0], "")  # no per-document warnings
+    first_training = proc.stderr.index(": training (")
+    assert proc.stderr.index(left_out[0]) < first_training  # known before any training
+    assert not (out / "data" / "tokenizer.model").exists() and not (out / "data" / "tokens").exists()
+    report = (out / "report.md").read_text()
+    assert "| megabyte |" in report and "| transformer_subword |" not in report
+    assert "not text: the subword baseline is left out" in report
+    assert "Audio: mulaw8 samples at 8000 Hz" in report  # the clips became mu-law samples (data_prep.media)
+    for png in summary["plots"]:
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_on_images_reports_bits_per_dimension(tmp_path):
+    """A folder of PNG drawings: raw 64 x 64 RGB pixels (data_prep.media), no subword model, and
+    the report says that bits per byte are bits per dimension here."""
+    from PIL import Image, ImageDraw
+
+    corpus = tmp_path / "images"
+    corpus.mkdir()
+    for i in range(16):
+        img = Image.new("RGB", (80, 64), (20 * i % 256, 90, 160))
+        draw = ImageDraw.Draw(img)
+        draw.ellipse((5 + i, 8, 50 + i, 40 + i), fill=(250, 200 - 8 * i, 30))
+        draw.rectangle((40, 30 + i, 70, 60), outline=(0, 0, 0), width=3)
+        img.save(corpus / f"drawing_{i:02d}.png")
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "pretrain.compare", str(corpus), "--out", str(out),
+           "--budget-bytes", "8192", "--eval-bytes", "3000", "--val-fraction", "0.25"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not summary["subword"]
+    assert set(summary["models"]) == {"megabyte", "transformer_bytes", "transformer_window"}
+    report = (out / "report.md").read_text()
+    assert "bits per byte are bits per dimension" in report
+    assert all(f"| {name} |" in report for name in summary["models"])

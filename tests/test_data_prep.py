@@ -252,7 +252,10 @@ def test_one_command_gives_shards_tokenizer_and_token_shards_that_train_reads(co
     assert open_dataset(tmp_path / "d" / "bytes").kind == "bytes"
     assert open_dataset(tmp_path / "d" / "tokens").kind == "tokens"
     assert read_manifest(tmp_path / "d" / "tokens")["kind"] == "tokens"
-    assert first["tokens"]["bad_input"]["invalid_utf8"] == 1  # bin/blob.bin is not text
+    # bin/blob.bin is not text: kept, its bytes encoded as byte-fallback pieces (the byte and
+    # token datasets hold the same documents, so the subword model sees what the others see).
+    assert first["tokens"]["bad_input"]["invalid_utf8"] == 0
+    assert first["tokens"]["non_utf8_documents"] == 1
     again = json.loads(subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, check=True,
                                       timeout=300).stdout)
     assert {again[k]["status"] for k in ("bytes", "tokenizer", "tokens")} == {"unchanged"}

@@ -118,6 +118,20 @@ def test_byte_transformer_parity_tp2(tmp_path):
     assert_parity(ref, history(run))
 
 
+def test_windowed_byte_transformer_parity_tp2(tmp_path):
+    """The sliding-window baseline (window 16 of a 64-byte context) through the DeepSpeed engine
+    with TP=2 splitting its heads matches the single-process loop: the window lives in the
+    attention both paths call."""
+    window = "model.attention_window=16"
+    ref = reference(tmp_path / "ref", "debug_transformer.yaml", window)
+    run = tmp_path / "run"
+    torchrun(2, "--config", "configs/debug_transformer.yaml", f"run_dir={run}", *BASE, window,
+             "parallel.tensor_parallel=2")
+    assert_parity(ref, history(run))
+    full = reference(tmp_path / "full", "debug_transformer.yaml")
+    assert full[-1]["loss"] != ref[-1]["loss"]  # the window is really applied
+
+
 def test_subword_transformer_parity_dp2(tmp_path, sp_model):
     tok = f"model.tokenizer={sp_model}"
     ref = reference(tmp_path / "ref", "debug_subword.yaml", tok)

@@ -18,6 +18,7 @@ VARIANTS = {
     "megabyte_both": tiny_model_config(cross_patch_window=4, conv_encoder=True),
     "megabyte_default_init": tiny_model_config(init="ln_gain"),  # the default, issue 12's fix
     "transformer_bytes": tiny_model_config("transformer"),
+    "transformer_window": tiny_model_config("transformer", attention_window=6),
 }
 
 

@@ -7,7 +7,7 @@ Jobs: a 2-node x 1-process ZeRO-3 run of the tiny MEGABYTE (one world of size 2)
 preempted with ``scancel --signal=USR1`` (checkpoint, requeue, resume, identical result), a
 2-node job that must fail fast on a loopback master address, a job array of two configs
 after a data-preparation job, with hostile names and paths throughout, and ``python -m
-pretrain.compare --slurm`` end to end: it submits the three runs, waits for them and reports (a
+pretrain.compare --slurm`` end to end: it submits the four runs, waits for them and reports (a
 rerun submits nothing); a failed array ends it with exit 2 naming the runs. The waiting logic
 itself is also tested without a cluster (fake job states), first in this file.
 """
@@ -451,7 +451,9 @@ def compare_data(tmp_path_factory) -> Path:
         (corpus / name).write_bytes((stdlib / name).read_bytes())
     args = argparse.Namespace(data=None, corpus=[corpus], vocab_size=1000,
                               max_corpus_bytes=16_000_000, val_fraction=0.25)
-    return prepare_data(args, base)
+    data_dir, _, subword = prepare_data(args, base)
+    assert subword
+    return data_dir
 
 
 def compare_cmd(data: Path, out: Path, *extra: str) -> List[str]:
@@ -484,10 +486,10 @@ def test_compare_on_slurm_waits_and_reports(compare_on_slurm):
     import math
 
     out, first, _, record = compare_on_slurm
-    names = ("megabyte", "transformer_bytes", "transformer_subword")
+    names = ("megabyte", "transformer_bytes", "transformer_window", "transformer_subword")
     job = json.loads(record)
     assert [r["name"] for r in job["runs"]] == list(names) and job["array"] is True
-    assert "submitting 3 runs" in first.stderr
+    assert "submitting 4 runs" in first.stderr
     assert f"Slurm job {job['job_id']}" in first.stderr and "completed megabyte" in first.stderr
     rows = [line.split("|")[1:-1] for line in (out / "report.md").read_text().splitlines()
             if line.startswith("| ")]
@@ -509,7 +511,7 @@ def test_compare_on_slurm_waits_and_reports(compare_on_slurm):
 
 def test_compare_on_slurm_rerun_submits_nothing(compare_on_slurm):
     out, first, second, record = compare_on_slurm
-    assert second.stderr.count("finished earlier") == 3, second.stderr[-3000:]
+    assert second.stderr.count("finished earlier") == 4, second.stderr[-3000:]
     assert "[compare] submitting" not in second.stderr and "Slurm job" not in second.stderr
     assert (out / "slurm_job.json").read_text() == record
     a, b = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (first, second))

@@ -21,6 +21,7 @@ VARIANTS = {
     "megabyte_conv": tiny_model_config(conv_encoder=True),
     "megabyte_both": tiny_model_config(cross_patch_window=4, conv_encoder=True),
     "transformer_bytes": tiny_model_config("transformer"),
+    "transformer_window": tiny_model_config("transformer", attention_window=6),
 }
 
 

@@ -16,7 +16,6 @@ from data_prep.bytes import PrepOptions, prepare
 from data_prep.shards import iter_documents, read_manifest
 from data_prep.tokenizer import (
     MAX_SENTENCE_BYTES,
-    TokenizeError,
     TokenizerStats,
     tokenize_dataset,
     train_sentencepiece,
@@ -48,8 +47,27 @@ def test_round_trip_is_lossless_on_real_text_and_hard_cases(sp_model, real_text)
         ids = vocab.encode(data)
         assert vocab.decode(ids) == data, repr(text[:60])
         assert max(ids) < vocab.pad_id  # special ids never come from text
-    with pytest.raises(ValueError, match="valid UTF-8"):
-        vocab.encode(b"\xff\xfe not utf-8")
+        assert vocab.sp.decode(ids).encode("utf-8") == data  # the same as SentencePiece's decode
+
+
+def test_any_bytes_round_trip_through_byte_fallback_pieces(sp_model, real_text):
+    """Bytes that are not UTF-8 (Latin-1, binary, cut characters) become one byte piece each:
+    exact, and text around them is still encoded as usual."""
+    import random
+
+    vocab = SentencePieceVocab(sp_model)
+    rng = random.Random(0)
+    text = real_text[:2000]
+    cases = [b"\xff\xfe not utf-8", "caf\u00e9 latin-1\n".encode("latin-1"), bytes(range(256)),
+             "\u4e2d".encode()[:2] + b" cut character", "\u2581".encode()[:2] + b"\xe2"]
+    cases += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))) for _ in range(50)]
+    for odd in cases:
+        for data in (odd, text + odd + text, odd + text):
+            ids = vocab.encode(data)
+            assert vocab.decode(ids) == data, data[:80]
+            assert max(ids) < vocab.pad_id
+    # A few odd bytes in text cost one piece each and leave the rest encoded as before.
+    assert len(vocab.encode(text + b"\xb9" + text)) == 2 * len(vocab.encode(text)) + 1
 
 
 def test_long_lines_are_split_and_counted_never_dropped():
@@ -80,9 +98,18 @@ def byte_dataset(tmp_path_factory) -> Path:
 
 def test_token_shards_keep_exact_bytes_and_record_bytes_per_token(byte_dataset, sp_model, tmp_path):
     bad = NOT_UTF8
-    with pytest.raises(TokenizeError, match=r"shard .*: document '(latin1.txt|bin/blob.bin)': not valid UTF-8"
-                       ):
-        tokenize_dataset(byte_dataset, sp_model, tmp_path / "fatal", progress=False)
+    # By default every document is kept: bytes that are not UTF-8 become byte-fallback pieces.
+    kept = tmp_path / "all"
+    summary = tokenize_dataset(byte_dataset, sp_model, kept, progress=False)
+    assert summary["non_utf8_documents"] == 2 and summary["bad_input"]["invalid_utf8"] == 0
+    assert set(read_manifest(kept)["non_utf8"]["examples"]) == set(bad)
+    vocab = SentencePieceVocab(sp_model)
+    for split in ("train", "val"):
+        source = dict(iter_documents(byte_dataset, split))
+        tokens = dict(iter_documents(kept, split))
+        assert set(tokens) == set(source)
+        for doc_id, payload in tokens.items():
+            assert vocab.decode(np.frombuffer(payload, dtype="<u2").tolist()) == source[doc_id]
     out = tmp_path / "tokens"
     summary = tokenize_dataset(byte_dataset, sp_model, out, workers=2, skip_invalid_utf8=True, progress=False)
     manifest = read_manifest(out)

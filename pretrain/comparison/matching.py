@@ -1,7 +1,7 @@
-"""Matched configs: MEGABYTE of a size class, then a byte and a subword Transformer whose
-*training FLOPs per byte* (the paper's formulas, :mod:`pretrain.model.flops`) are within
-:data:`MATCH_TOLERANCE` of MEGABYTE's; every model gets the same global batch in bytes and the
-same training bytes."""
+"""Matched configs: MEGABYTE of a size class, then a byte, a sliding-window byte and a subword
+Transformer whose *training FLOPs per byte* (the paper's formulas, :mod:`pretrain.model.flops`)
+are within :data:`MATCH_TOLERANCE` of MEGABYTE's; every model gets the same global batch in bytes
+and the same training bytes."""
 
 from __future__ import annotations
 
@@ -52,12 +52,27 @@ def transformer_context(size: str) -> int:
     return min(T, max(T // 8, 512))
 
 
+def window_size(size: str) -> int:
+    """Attention window W of the sliding-window byte Transformer (``transformer_window``).
+
+    The rule: W is the full byte Transformer's context (:func:`transformer_context`, T/8 but at
+    least 512), capped at T/2 so the window is a real restriction of MEGABYTE's context T (the
+    tiny size, where that context is already T). The windowed model keeps the full model's
+    per-query attention span, so at the same width/depth rule (:func:`match_transformer`, with
+    the attention term counted over min(W, T) keys) it lands at the same FLOPs per byte while
+    its learned positions and receptive field (layers x W) cover all T bytes.
+    """
+    return min(transformer_context(size), SIZES[size]["T"] // 2)
+
+
 def match_transformer(target: float, seq_len: int, vocab: str, tokenizer: Optional[str],
-                      vocab_size: int, bytes_per_token: float, max_dim: int) -> ModelConfig:
+                      vocab_size: int, bytes_per_token: float, max_dim: int,
+                      window: int = 0) -> ModelConfig:
     """The Transformer shape whose training FLOPs per byte are closest to ``target``.
 
     Candidates have widths in steps of 32 (head size 32 below 512, 64 from 512) and a usual
     aspect ratio (32 <= width / layers <= 128) when one of those is within tolerance.
+    ``window`` > 0 gives every candidate that sliding attention window (FLOPs counted with it).
     """
     best: List[Tuple[int, float, int, ModelConfig]] = []
     for dim in range(64, max_dim + 1, 32):
@@ -66,7 +81,8 @@ def match_transformer(target: float, seq_len: int, vocab: str, tokenizer: Option
             continue
         for layers in range(1, 65):
             cfg = ModelConfig(arch="transformer", vocab=vocab, tokenizer=tokenizer, seq_len=seq_len,
-                              global_model=StackConfig(dim, layers, dim // head), dropout=0.0)
+                              global_model=StackConfig(dim, layers, dim // head), dropout=0.0,
+                              attention_window=window)
             f = flops_per_byte(cfg, vocab_size, bytes_per_token, training=True)
             rel = abs(f - target) / target
             usual = 32 <= dim / layers <= 128
@@ -78,8 +94,13 @@ def match_transformer(target: float, seq_len: int, vocab: str, tokenizer: Option
 
 def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int],
                 budget_flops: Optional[float], bytes_per_token: float, sp_vocab: int,
-                extra: List[str], world_size: Optional[int] = 1) -> List[MatchedRun]:
-    """Configs for the three models at matched training FLOPs per byte and equal budgets.
+                extra: List[str], world_size: Optional[int] = 1, subword: bool = True
+                ) -> List[MatchedRun]:
+    """Configs for the four models at matched training FLOPs per byte and equal budgets:
+    ``megabyte``, ``transformer_bytes`` (full attention over :func:`transformer_context`),
+    ``transformer_window`` (MEGABYTE's context T, sliding window :func:`window_size`) and
+    ``transformer_subword`` (only when ``subword``: the corpus is text,
+    :mod:`pretrain.comparison.corpus`).
 
     The global batch (sequences per update) is fixed by the size class, whatever the layout:
     on ``world_size`` processes (None: the plan's Slurm job, nodes x processes per node) each
@@ -94,10 +115,13 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
         "megabyte": mb,
         "transformer_bytes": match_transformer(target, ctx, "bytes", None, 259, 1.0,
                                                2 * mb.global_model.dim),
-        "transformer_subword": match_transformer(
-            target, tok_ctx, "sentencepiece", str(data_dir / "tokenizer.model"), sp_vocab + 3,
-            bytes_per_token, 2 * mb.global_model.dim),
+        "transformer_window": match_transformer(target, s["T"], "bytes", None, 259, 1.0,
+                                                2 * mb.global_model.dim, window_size(size)),
     }
+    if subword:
+        models["transformer_subword"] = match_transformer(
+            target, tok_ctx, "sentencepiece", str(data_dir / "tokenizer.model"), sp_vocab + 3,
+            bytes_per_token, 2 * mb.global_model.dim)
     batch_bytes = s["micro"] * s["T"]
     budget = budget_bytes or (int(budget_flops / target) if budget_flops else s["budget"])
     steps = max(1, math.ceil(budget / batch_bytes))
@@ -127,6 +151,8 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
         ]
         if model.tokenizer:
             overrides.append(f"model.tokenizer={model.tokenizer}")
+        if model.attention_window:
+            overrides.append(f"model.attention_window={model.attention_window}")
         cfg = _split_batch(name, load_config(None, overrides + list(extra)), overrides + list(extra),
                            micro, world_size)
         f = flops_per_byte(cfg.model, 259 if model.vocab == "bytes" else sp_vocab + 3,

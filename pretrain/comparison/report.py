@@ -9,8 +9,9 @@ import lzma
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
+from pretrain.comparison.corpus import CorpusKind
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_text
 from pretrain.model.losses import word_perplexity
@@ -47,11 +48,36 @@ def bytes_per_word(text: bytes) -> Optional[float]:
 # ------------------------------------------------------------------------------ report
 
 
+# Forward passes per scored byte of each evaluation mode, relative to basic (consecutive windows).
+EVAL_COST = {"basic": 1, "sliding": 2, "strided": 2, "sliding_strided": 4}
+
+
+def corpus_notes(kind: CorpusKind, subword: bool, byte_dataset: Path) -> List[str]:
+    """Report lines on what the bytes are: the text rule's measurement and decision, and for
+    images that bits per byte are bits per dimension."""
+    from data_prep.shards import read_manifest
+
+    notes = [f"Corpus: {kind.describe()}."]
+    if kind.is_text and not subword:
+        notes.append("The subword baseline is left out: the prepared data has no token shards.")
+    media = read_manifest(byte_dataset).get("media") or {}
+    if media.get("kind") == "image":
+        size = media.get("image_size")
+        notes.append(f"Images: {size} x {size} x 3 bytes each ({media.get('pixel_order')} order), "
+                     "one byte per colour channel of a pixel, so bits per byte are bits per "
+                     "dimension (the paper's ImageNet 64 figure is 3.40).")
+    elif media.get("kind") == "audio":
+        notes.append(f"Audio: {media.get('audio_format')} samples at {media.get('sample_rate')} Hz, "
+                     f"{media.get('bytes_per_sample')} byte(s) per sample.")
+    return notes
+
+
 def write_report(out: Path, plans: List[MatchedRun], trained: Dict[str, Dict[str, Any]],
                  evals: Dict[str, Dict[str, Any]], refs: Dict[str, float], bpw: Optional[float],
-                 heldout_bytes: int, modes: List[str]) -> str:
+                 heldout_bytes: int, modes: List[str], extra_notes: Sequence[str] = ()) -> str:
+    """``report.md``: one row per model and reference, the notes; returns the table."""
     head = ["model", "params", "train FLOPs/byte", "training bytes", "wall time", "bytes/s"]
-    head += [f"bpb {m}" for m in modes]
+    head += [f"bpb {m} ({EVAL_COST.get(m, '?')}x)" for m in modes]
     if bpw:
         head.append("word ppl (best)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -74,7 +100,9 @@ def write_report(out: Path, plans: List[MatchedRun], trained: Dict[str, Dict[str
     notes = [f"Held-out bytes: {heldout_bytes} (`heldout.bin`), the same for every model.",
              "Training FLOPs per byte follow the paper's formulas (3x forward); budgets and global "
              "batches are equal in bytes.",
-             "Strided inference applies to MEGABYTE only (n/a for the Transformers)."]
+             "Strided inference applies to MEGABYTE only (n/a for the Transformers).",
+             "Evaluation cost per mode (forward passes per scored byte, relative to basic): "
+             + ", ".join(f"{m} {EVAL_COST.get(m, '?')}x" for m in modes) + ".", *extra_notes]
     if bpw:
         notes.append(f"Word perplexity = 2^(bpb x {bpw:.3f} bytes per whitespace-separated word).")
     else:

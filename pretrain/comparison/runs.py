@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from pretrain.comparison.corpus import CorpusKind, corpus_kind
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_bytes, atomic_write_text, load_config, to_yaml
 from pretrain.runtime.processes import EXIT_REQUEUE, python_module_command
@@ -29,22 +30,40 @@ def log(message: str) -> None:
     print(f"[compare] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_data(args: argparse.Namespace, out: Path) -> Path:
-    """Prepare the corpus once (data_prep.prepare is itself a no-op when up to date)."""
+def prepare_data(args: argparse.Namespace, out: Path) -> Tuple[Path, CorpusKind, bool]:
+    """Prepare the corpus once (data_prep.prepare is itself a no-op when up to date): byte shards
+    first, then, only when they hold text (:mod:`pretrain.comparison.corpus`), the tokenizer and
+    token shards. Returns (data directory, what the bytes are, whether the subword baseline
+    runs), all known before any training."""
     if args.data:
-        return Path(args.data)
+        data_dir = Path(args.data)
+        kind = corpus_kind(data_dir / "bytes")
+        log(f"corpus: {kind.describe()}")
+        has_tokens = (data_dir / "tokens" / "manifest.json").is_file()
+        if kind.is_text and not has_tokens:
+            log(f"no token shards in {data_dir / 'tokens'}: the subword baseline is left out "
+                "(prepare them with python -m data_prep.prepare --vocab-size N)")
+        return data_dir, kind, kind.is_text and has_tokens
     data_dir = out / "data"
     cmd = [sys.executable, "-m", "data_prep.prepare", "--output", str(data_dir),
-           "--vocab-size", str(args.vocab_size), "--skip", "empty", "--skip", "invalid_utf8",
+           "--skip", "empty", "--skip", "invalid_utf8",
            "--max-bytes", str(args.max_corpus_bytes), "--val-fraction", str(args.val_fraction),
            # Many small shards, so that the loader's lanes draw each batch from many streams.
            "--shard-bytes", "512KiB"]
     cmd += [str(p) for p in args.corpus] if args.corpus else ["--stdlib"]
+    _run_prep(cmd + ["--vocab-size", "0"])
+    kind = corpus_kind(data_dir / "bytes")
+    log(f"corpus: {kind.describe()}")
+    if kind.is_text:
+        _run_prep(cmd + ["--vocab-size", str(args.vocab_size)])
+    return data_dir, kind, kind.is_text
+
+
+def _run_prep(cmd: List[str]) -> None:
     log(f"preparing data: {' '.join(cmd[1:])}")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         raise RuntimeError(f"data preparation failed (exit {proc.returncode})")
-    return data_dir
 
 
 def write_heldout(data_dir: Path, heldout: Path, n_bytes: int) -> bytes:

@@ -75,6 +75,12 @@ class ModelConfig:
     """Paper option (b): causal convolutions over the byte embeddings before patching."""
     conv_kernel_sizes: List[int] = field(default_factory=lambda: [3, 5, 7])
     """Filter sizes of the causal patch-encoder convolutions (the paper uses 3, 5, 7)."""
+    attention_window: int = 0
+    """Sliding-window attention for ``arch=transformer``: position i attends to positions j with
+    i - W < j <= i (itself and the W - 1 before it); 0 = full causal attention. A window of at
+    least ``seq_len`` covers every key, so it is full attention (the model takes the full path).
+    FLOPs per token count min(W, seq_len) keys per query; the KV cache keeps only W - 1 positions.
+    ``pretrain.compare`` trains one as ``transformer_window`` (the SpaceByte-style baseline)."""
 
 
 @dataclass

@@ -65,6 +65,10 @@ def _validate_model(cfg: Config) -> None:
         _check(s.heads > 0, f"{key}.heads", f"must be positive, got {s.heads}")
         _check(s.dim % s.heads == 0, f"{key}.heads",
                f"{s.heads} heads do not divide {key}.dim={s.dim}")
+    _check(m.attention_window >= 0, "model.attention_window",
+           f"must be >= 0 (0 = full attention), got {m.attention_window}")
+    _check(m.attention_window == 0 or m.arch == "transformer", "model.attention_window",
+           f"sliding-window attention is for model.arch=transformer, not {m.arch!r} (set it to 0)")
     _check(m.mlp_ratio > 0, "model.mlp_ratio", f"must be positive, got {m.mlp_ratio}")
     _check(m.activation in ("relu", "gelu"), "model.activation",
            f"must be 'relu' or 'gelu', got {m.activation!r}")

@@ -2,7 +2,9 @@
 
 Works for any model with ``new_decode_state(batch, device)`` and ``next_logits(state, new_ids)``.
 Prompts of any length; a batch of prompts is decoded in groups of equal length (every sequence
-of a group is at the same position, so MEGABYTE's global steps line up).
+of a group is at the same position, so MEGABYTE's global steps line up). A sliding-window
+Transformer (``model.attention_window=W``) keeps only W - 1 cached positions per layer, so its
+decoding memory stays bounded; generation still stops at ``seq_len`` (learned absolute positions).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ MEGABYTE, per byte:      2*L_G*(12*D^2 + 2*D*K)/P + 2*D_G*D_L + 2*L_L*(12*D_L^2 
 ``12*D^2`` is 4*D^2 for the attention projections plus 2*mlp_ratio*D^2 for the MLP (mlp_ratio=4).
 The paper options add their own terms: cross-patch attention lengthens the local context from P
 to P + r; the conv encoder costs 2*D_G^2*k per byte per filter of size k. Training is 3x forward.
+A sliding-window Transformer (``model.attention_window=W``) attends to min(W, T) keys per query,
+so its attention term is 2*D*min(W, T) instead of 2*D*T (W = 0: the full context T).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ def _layer_flops(dim: int, context: int, mlp_ratio: int) -> int:
 def flops_per_token(cfg: ModelConfig, vocab_size: int = 256) -> int:
     """Forward FLOPs per *token* of the Transformer baseline (a byte, for the byte baseline)."""
     s = cfg.global_model
-    return s.layers * _layer_flops(s.dim, cfg.seq_len, cfg.mlp_ratio) + 2 * s.dim * vocab_size
+    context = attention_context(cfg)
+    return s.layers * _layer_flops(s.dim, context, cfg.mlp_ratio) + 2 * s.dim * vocab_size
+
+
+def attention_context(cfg: ModelConfig) -> int:
+    """Keys per query the Transformer's FLOPs count: T, or min(W, T) with a sliding window W."""
+    W = cfg.attention_window
+    return min(W, cfg.seq_len) if W > 0 else cfg.seq_len
 
 
 def flops_per_byte(cfg: ModelConfig, vocab_size: int = 256, bytes_per_token: float = 1.0,

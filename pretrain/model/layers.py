@@ -17,6 +17,7 @@ H = heads, hd = head size.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, FrozenSet, List, Optional, Tuple
 
 import torch
@@ -67,17 +68,21 @@ def plain_linear(in_features: int, out_features: int, role: str) -> nn.Module:
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
-    Supports three extras without distributed code: a KV cache (``past``), keys/values of a
-    previous patch (``prefix_fn``, MEGABYTE's cross-patch attention) and rotary positions.
+    Supports four extras without distributed code: a KV cache (``past``), keys/values of a
+    previous patch (``prefix_fn``, MEGABYTE's cross-patch attention), rotary positions and a
+    sliding window (``window`` > 0: a query sees itself and the ``window - 1`` keys before it).
+    The window lives here, so the single-process model and the tensor-parallel stack (which
+    only swaps the linear layers) apply it the same way.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float,
-                 linear: LinearFactory = plain_linear) -> None:
+                 linear: LinearFactory = plain_linear, window: int = 0) -> None:
         super().__init__()
         self.head_dim = dim // heads
         self.qkv = linear(dim, 3 * dim, "qkv")
         self.proj = linear(dim, dim, "proj")
         self.dropout = dropout
+        self.window = window
 
     def forward(
         self,
@@ -92,7 +97,10 @@ class Attention(nn.Module):
 
         ``mask``: boolean, broadcastable to (N, H, L, S_total), True = may attend. When None,
         attention is causal if there are no extra keys, and unrestricted for a single query
-        (cached decoding of the newest position).
+        (cached decoding of the newest position). The queries are the last L of the S_total
+        key positions. With ``self.window`` smaller than S_total the window mask
+        (:func:`window_mask`) is used (and-ed with ``mask`` if one is given); otherwise the
+        window covers every key and the paths above run unchanged (bit-identical to W = 0).
         ``rope``: (cos_q, sin_q, cos_k, sin_k) tables for the queries and for *all* keys.
         """
         N, L, _ = x.shape
@@ -110,8 +118,12 @@ class Attention(nn.Module):
             cos_q, sin_q, cos_k, sin_k = rope
             q = Rotary.apply(q, cos_q, sin_q)
             keys = Rotary.apply(keys, cos_k, sin_k)
-        extra = keys.shape[2] - L
+        S = keys.shape[2]
+        extra = S - L
         drop = self.dropout if self.training else 0.0
+        if 0 < self.window < S:  # some query has keys outside its window
+            win = window_mask(L, S, self.window, x.device)  # (L, S), cached per shape
+            mask = win if mask is None else mask & win
         if mask is None and extra == 0:
             y = F.scaled_dot_product_attention(q, keys, values, dropout_p=drop, is_causal=True)
         elif mask is None and L == 1:
@@ -129,6 +141,23 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
     offset = k_len - q_len
     q_pos = torch.arange(q_len, device=device)[:, None] + offset
     return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
+@lru_cache(maxsize=8)
+def window_mask(q_len: int, k_len: int, window: int, device: torch.device) -> Tensor:
+    """(q_len, k_len) boolean mask, True = may attend, for the *last* q_len positions of a k_len
+    sequence under a sliding window: query position i sees key positions j, i - window < j <= i.
+
+    Built once per (q_len, k_len, window, device) and cached (at most 8 shapes: training uses one
+    per sequence length, cached decoding needs none once its cache holds window - 1 positions).
+    Memory: q_len * k_len bytes per cached shape, broadcast over batch and heads; 256 KiB at
+    T = 512, 4 MiB at 2048, 64 MiB at 8192 (the compare's base/arxiv context). Do not modify the
+    returned tensor: it is shared.
+    """
+    offset = k_len - q_len
+    q_pos = torch.arange(q_len, device=device)[:, None] + offset  # (L, 1): absolute positions
+    k_pos = torch.arange(k_len, device=device)[None, :]  # (1, S)
+    return (k_pos <= q_pos) & (k_pos > q_pos - window)
 
 
 class MLP(nn.Module):
@@ -149,10 +178,10 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + drop(attn(ln(x))), then x + drop(mlp(ln(x)))."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, activation: str,
-                 linear: LinearFactory = plain_linear) -> None:
+                 linear: LinearFactory = plain_linear, window: int = 0) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout, linear)
+        self.attn = Attention(dim, heads, dropout, linear, window)
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio * dim, activation, linear)
         self.drop = nn.Dropout(dropout)
@@ -165,10 +194,15 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Per-layer keys and values (unrotated), each (N, H, S, hd), grown by ``append``."""
+    """Per-layer keys and values (unrotated), each (N, H, S, hd), grown by ``append``.
 
-    def __init__(self, n_layers: int) -> None:
+    ``keep`` bounds it to the last ``keep`` positions (a sliding-window model needs only
+    window - 1 of them: the newest query plus those fill its window); None keeps everything.
+    """
+
+    def __init__(self, n_layers: int, keep: Optional[int] = None) -> None:
         self.layers: List[Optional[KV]] = [None] * n_layers
+        self.keep = keep
 
     def __len__(self) -> int:
         first = self.layers[0]
@@ -177,6 +211,11 @@ class KVCache:
     def append(self, i: int, kv: KV) -> None:
         old = self.layers[i]
         self.layers[i] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+        if self.keep is not None:
+            k, v = self.layers[i]  # (N, H, S, hd)
+            cut = max(0, k.shape[2] - self.keep)
+            if cut:
+                self.layers[i] = (k[:, :, cut:], v[:, :, cut:])  # (N, H, keep, hd)
 
     def tail(self, r: int) -> List[Optional[KV]]:
         """The last r positions of every layer (for MEGABYTE's cross-patch prefix)."""
@@ -187,10 +226,12 @@ class TransformerStack(nn.Module):
     """``layers`` pre-norm blocks followed by a final LayerNorm."""
 
     def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: int, dropout: float,
-                 activation: str, linear: LinearFactory = plain_linear) -> None:
+                 activation: str, linear: LinearFactory = plain_linear, window: int = 0) -> None:
         super().__init__()
+        self.window = window  # sliding attention window of every block; 0 = full causal
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, dropout, activation, linear) for _ in range(layers))
+            Block(dim, heads, mlp_ratio, dropout, activation, linear, window)
+            for _ in range(layers))
         self.ln_out = nn.LayerNorm(dim)
         # Set by the parallel wrapper to wrap blocks with activation checkpointing.
         self.checkpoint_fn: Optional[Callable[..., Tuple[Tensor, KV]]] = None

@@ -6,6 +6,8 @@ it is: 259 ids for bytes (256 values + pad/bos/eos), or a SentencePiece vocabula
 
 Like MEGABYTE, ``forward(ids)`` returns logits where ``logits[:, t]`` predicts ``ids[:, t]``: the
 input is shifted right internally with a BOS id at position 0, so all L ids of a window are scored.
+``model.attention_window=W`` restricts every layer's attention to the last W positions (a
+sliding-window byte Transformer, the SpaceByte-style baseline of ``pretrain.compare``).
 Dimension names: B batch, L length <= T, D width, V vocabulary.
 """
 
@@ -45,7 +47,8 @@ class TransformerLM(nn.Module):
         self.global_model = TransformerStack(
             D, cfg.global_model.layers, cfg.global_model.heads,
             mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, activation=cfg.activation,
-            linear=global_linear)
+            linear=global_linear, window=cfg.attention_window)
+        self.window = cfg.attention_window  # 0 = full causal attention
         # Initial values: the paper's rules (pretrain.model.init), applied by build_model.
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -60,9 +63,14 @@ class TransformerLM(nn.Module):
         return y @ self.embed.weight.t()
 
     def new_decode_state(self, batch: int, device: torch.device) -> TransformerDecodeState:
-        """An empty KV cache for ``batch`` sequences."""
+        """An empty KV cache for ``batch`` sequences.
+
+        With a sliding window W the cache keeps only the last W - 1 positions of every layer:
+        the next query and those fill its window, so decoding memory is bounded by W, not by
+        the position (positions stay absolute: learned embeddings up to ``seq_len``)."""
+        keep = self.window - 1 if 0 < self.window < self.T else None
         return TransformerDecodeState(ids=torch.empty(batch, 0, dtype=torch.long, device=device),
-                                      cache=KVCache(len(self.global_model.blocks)))
+                                      cache=KVCache(len(self.global_model.blocks), keep=keep))
 
     @torch.no_grad()
     def next_logits(self, state: TransformerDecodeState, new_ids: Tensor) -> Tensor:

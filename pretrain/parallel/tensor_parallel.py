@@ -24,7 +24,7 @@ only its TP slice and, under ZeRO-3, writing only its own partition.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from pretrain.model import Model, build_model
 from pretrain.model.init import init_rules, initial_value
 from pretrain.model.layers import Attention, LinearFactory
 from pretrain.parallel.grid import ParallelGrid
+from pretrain.training.memory import apply_activation_checkpointing
 
 # ------------------------------------------------------------------------------ TP primitives
 
@@ -154,27 +155,17 @@ def fork_attention_rng(model: Model, grid: ParallelGrid) -> None:
             _fork_rng_forward(block.attn)
 
 
-def apply_activation_checkpointing(model: Model, cfg: Config, use_deepspeed: bool) -> None:
-    """Recompute the blocks of the chosen levels in backward instead of storing activations."""
-    if use_deepspeed:
-        import deepspeed
+def apply_deepspeed_checkpointing(model: Model, cfg: Config) -> None:
+    """Activation checkpointing of the chosen levels through DeepSpeed's checkpoint, which
+    restores the default *and* the TP RNG streams on recompute."""
+    import deepspeed
 
-        ds_checkpoint = deepspeed.checkpointing.checkpoint
+    ds_checkpoint = deepspeed.checkpointing.checkpoint
 
-        def run(block: nn.Module, x: Tensor, **kw: Any) -> Tuple[Tensor, Any]:
-            # DeepSpeed's checkpoint restores the default *and* the TP RNG streams on recompute.
-            return ds_checkpoint(lambda inp: block(inp, **kw), x)
-    else:
-        from torch.utils.checkpoint import checkpoint
+    def run(block: nn.Module, x: Tensor, **kw: Any) -> Tuple[Tensor, Any]:
+        return ds_checkpoint(lambda inp: block(inp, **kw), x)
 
-        def run(block: nn.Module, x: Tensor, **kw: Any) -> Tuple[Tensor, Any]:
-            return checkpoint(lambda inp: block(inp, **kw), x, use_reentrant=False)
-
-    fn: Callable[..., Tuple[Tensor, Any]] = run
-    if cfg.parallel.checkpoint_global:
-        model.global_model.checkpoint_fn = fn
-    if cfg.parallel.checkpoint_local and hasattr(model, "local_model"):
-        model.local_model.checkpoint_fn = fn
+    apply_activation_checkpointing(model, cfg.parallel, run)
 
 
 def tied_weights(model: Model) -> Iterator[nn.Parameter]:
@@ -322,5 +313,5 @@ def build_parallel_model(cfg: Config, vocab_size: int, pad_id: int, bos_id: int,
     if zero3:
         for weight in tied_weights(model):
             deepspeed.zero.register_external_parameter(model, weight)
-    apply_activation_checkpointing(model, cfg, use_deepspeed=True)
+    apply_deepspeed_checkpointing(model, cfg)
     return model

@@ -30,6 +30,7 @@ from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
 from pretrain.runtime.perf import device_peak_flops, memory_gb
 from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
+from pretrain.training.memory import apply_activation_checkpointing
 from pretrain.training.optim import build_optimizer, lr_at, set_lr
 
 log = get_logger()
@@ -97,6 +98,7 @@ class Trainer:
                                  self.vocab.bos_id, seed=self.cfg.train.seed).to(self.device)
         if weights is not None:
             self.model.load_state_dict(weights.all())
+        apply_activation_checkpointing(self.model, self.cfg.parallel)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
 
     def data_coordinates(self) -> tuple:
