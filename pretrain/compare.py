@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from pretrain.comparison import report, runs
-from pretrain.comparison.matching import MATCH_TOLERANCE, SIZES, MatchedRun, bytes_per_token, plan_models
+from pretrain.comparison.matching import (
+    MATCH_TOLERANCE,
+    MODEL_NAMES,
+    SIZES,
+    MatchedRun,
+    bytes_per_token,
+    plan_models,
+)
 from pretrain.comparison.runs import log
 from pretrain.config import ConfigError
 
@@ -59,6 +66,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="an already prepared data directory")
     ap.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory")
     ap.add_argument("--size", choices=list(SIZES), default="tiny")
+    ap.add_argument("--models", default=None, metavar="NAMES",
+                    help="train and report only these of the matched models, comma-separated "
+                         f"(default: all of {', '.join(MODEL_NAMES)}; the subword model only "
+                         "on text)")
     budget = ap.add_mutually_exclusive_group()
     budget.add_argument("--budget-bytes", type=int, default=None, help="training bytes per model")
     budget.add_argument("--budget-flops", type=float, default=None, help="training FLOPs per model")
@@ -97,6 +108,16 @@ def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool) -> Lis
                         sp_vocab, list(args.overrides), None if slurm else args.nproc,
                         subword=subword)
     base = plans[0].train_flops_per_byte
+    if args.models:
+        wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = sorted(set(wanted) - set(MODEL_NAMES))
+        if unknown:
+            raise ValueError(f"--models: unknown model(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(MODEL_NAMES)}")
+        if "transformer_subword" in wanted and not subword:
+            raise ValueError("--models: transformer_subword cannot run on this corpus (see the "
+                             "corpus line above)")
+        plans = [p for p in plans if p.name in wanted]
     for plan in plans:
         m = plan.cfg.model
         log(f"{plan.name}: {plan.params / 1e6:.2f}M parameters, "

@@ -42,6 +42,11 @@ def test_reference_compressors_and_words():
 LATIN1 = "# caf\u00e9 au lait (Latin-1)\n".encode("latin-1")
 
 
+# One xdist worker runs this whole file, so the ``compared`` fixture (four trainings) is built
+# once, not once per worker (scripts/test.sh runs pytest with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("compare")
+
+
 def test_text_share_rule():
     """Text keeps the subword baseline (a few Latin-1 bytes included); audio-like and random
     bytes do not (pretrain.comparison.corpus)."""
@@ -60,7 +65,7 @@ def test_text_share_rule():
     assert text_share(b"") == 1.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept even when the worker runs other files between
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     corpus = out / "corpus"
@@ -162,6 +167,16 @@ def test_slurm_job_array_dry_run(compared, tmp_path):
         assert (tmp_path / "cmp" / "configs" / f"{name}.yaml").is_file()
 
 
+def test_models_option_names_what_it_cannot_do(compared, tmp_path):
+    out, _, _ = compared
+    for models, message in (("megabyte,gpt", "--models: unknown model(s) gpt; choose from megabyte"),):
+        proc = subprocess.run([sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"),
+                               "--out", str(tmp_path / "cmp"), "--models", models], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                              capture_output=True, timeout=300)
+        assert proc.returncode == 2 and f"error: {message}" in proc.stderr, proc.stderr[-2000:]
+
+
 def compare_again(out: Path, tmp_path: Path, budget: str, *extra: str):
     """``pretrain.compare`` on the prepared data of ``compared`` into ``tmp_path/cmp``; the
     finished process and its JSON summary."""
@@ -178,9 +193,12 @@ def test_compare_on_two_processes_ends_with_the_report_and_the_same_numbers(comp
     from its DeepSpeed checkpoint and reported; the numbers are the one-process run's (the same
     global batches, split over two data-parallel ranks)."""
     out, summary, _ = compared
-    _, two = compare_again(out, tmp_path, "16384", "--nproc", "2", "--set", "train.eval_interval=1")
+    names = ("megabyte", "transformer_window", "transformer_subword")  # (time: not the full one)
+    _, two = compare_again(out, tmp_path, "16384", "--nproc", "2", "--set", "train.eval_interval=1",
+                           "--models", ",".join(names))
     report = (tmp_path / "cmp" / "report.md").read_text()
-    for name in ("megabyte", "transformer_bytes", "transformer_subword"):
+    assert "| transformer_bytes |" not in report
+    for name in names:
         assert f"| {name} |" in report
         ckpt = Path(two["models"][name]["run_dir"]) / "checkpoints"
         assert list(ckpt.glob("step_*/rank_00001.pt")), f"{name} did not train on 2 ranks"
@@ -195,9 +213,11 @@ def test_a_run_stopped_by_a_time_limit_is_resumed_to_its_budget(compared, tmp_pa
     and the report still compares models that saw the same bytes."""
     out, summary, _ = compared
     proc, got = compare_again(out, tmp_path, "32768", "--set", "train.max_minutes=0.02",
-                              "--set", "checkpoint.interval=2")
+                              "--set", "checkpoint.interval=2",
+                              "--models", "megabyte,transformer_window")
     assert "(max_minutes); resuming" in proc.stderr, proc.stderr[-3000:]
     steps = {name: m["training"]["steps"] for name, m in got["models"].items()}
+    assert set(steps) == {"megabyte", "transformer_window"}
     assert len(set(steps.values())) == 1 and min(steps.values()) == 8, steps
     for name in got["models"]:
         cfg = (tmp_path / "cmp" / "configs" / f"{name}.yaml").read_text()
@@ -233,7 +253,7 @@ def test_compare_on_audio_leaves_the_subword_model_out_with_one_line(tmp_path):
     write_wav_clips(corpus, 24)
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "pretrain.compare", str(corpus), "--out", str(out),
-           "--budget-bytes", "16384", "--eval-bytes", "3000", "--val-fraction", "0.25"]
+           "--budget-bytes", "8192", "--eval-bytes", "3000", "--val-fraction", "0.25"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -270,13 +290,14 @@ def test_compare_on_images_reports_bits_per_dimension(tmp_path):
         img.save(corpus / f"drawing_{i:02d}.png")
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "pretrain.compare", str(corpus), "--out", str(out),
-           "--budget-bytes", "8192", "--eval-bytes", "3000", "--val-fraction", "0.25"]
+           "--budget-bytes", "8192", "--eval-bytes", "3000", "--val-fraction", "0.25",
+           "--models", "megabyte,transformer_window"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not summary["subword"]
-    assert set(summary["models"]) == {"megabyte", "transformer_bytes", "transformer_window"}
+    assert set(summary["models"]) == {"megabyte", "transformer_window"}  # as --models asked
     report = (out / "report.md").read_text()
     assert "bits per byte are bits per dimension" in report
     assert all(f"| {name} |" in report for name in summary["models"])

@@ -586,7 +586,8 @@ def test_compare_on_slurm_rerun_waits_for_the_queued_job_and_ctrl_c_leaves_it(cl
         cancelled = wait_then(lambda proc: cluster.run("scancel", job))
         assert cancelled.returncode == 2, cancelled.stderr[-3000:]
         (error,) = [line for line in cancelled.stderr.splitlines() if line.startswith("error:")]
-        for i, name in enumerate(("megabyte", "transformer_bytes", "transformer_subword")):
+        for i, name in enumerate(("megabyte", "transformer_bytes", "transformer_window",
+                                  "transformer_subword")):
             assert f"{name} CANCELLED (log {out / 'launch' / f'slurm-{job}_{i}.out'})" in error
     finally:
         cluster.run("scancel", job, check=False)

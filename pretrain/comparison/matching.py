@@ -14,6 +14,8 @@ from pretrain.config import Config, ModelConfig, StackConfig, load_config, slurm
 from pretrain.model.flops import flops_per_byte
 
 MATCH_TOLERANCE = 0.05
+MODEL_NAMES = ("megabyte", "transformer_bytes", "transformer_window", "transformer_subword")
+"""The matched models, in plan order (MEGABYTE first: the others are matched to it)."""
 # Interleaved streams of the shard loader: consecutive sequences of a batch come from different
 # parts of the corpus (with one stream a micro-batch would be one stretch of one file).
 LANES = 16
