@@ -42,11 +42,6 @@ def test_reference_compressors_and_words():
 LATIN1 = "# caf\u00e9 au lait (Latin-1)\n".encode("latin-1")
 
 
-# One xdist worker runs this whole file, so the ``compared`` fixture (four trainings) is built
-# once, not once per worker (scripts/test.sh runs pytest with --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("compare")
-
-
 def test_text_share_rule():
     """Text keeps the subword baseline (a few Latin-1 bytes included); audio-like and random
     bytes do not (pretrain.comparison.corpus)."""
@@ -65,11 +60,33 @@ def test_text_share_rule():
     assert text_share(b"") == 1.0
 
 
-@pytest.fixture(scope="session")  # session: kept even when the worker runs other files between
+@pytest.fixture(scope="session")
 def compared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compare")
+    """One compare run (and its rerun) on a small mixed corpus, built once per test session: the
+    first xdist worker that needs it builds it under a file lock, the other reads its record."""
+    from types import SimpleNamespace
+
+    from filelock import FileLock
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of this run
+    shared = (tmp_path_factory.getbasetemp().parent / f"compare-{run_id}" if run_id
+              else tmp_path_factory.getbasetemp() / "compare-shared")
+    shared.mkdir(parents=True, exist_ok=True)
+    record = shared / "record.json"
+    with FileLock(str(shared / "build.lock")):
+        if not record.is_file():
+            out, first, second = _run_compare_twice(shared)
+            record.write_text(json.dumps({"out": str(out), "stdout": first.stdout,
+                                          "second_stderr": second.stderr}))
+    got = json.loads(record.read_text())
+    summary = json.loads(got["stdout"].strip().splitlines()[-1])
+    return Path(got["out"]), summary, SimpleNamespace(stderr=got["second_stderr"])
+
+
+def _run_compare_twice(base: Path):
+    out = base / "compare"
     corpus = out / "corpus"
-    corpus.mkdir()
+    corpus.mkdir(parents=True)
     stdlib = Path(os.__file__).parent
     for name in ("textwrap.py", "argparse.py", "codecs.py", "csv.py", "string.py", "shlex.py",
                  "glob.py", "fnmatch.py", "difflib.py", "pprint.py", "random.py", "calendar.py",
@@ -87,7 +104,7 @@ def compared(tmp_path_factory):
     assert first.returncode == 0, first.stderr[-4000:]
     second = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
-    return out / "cmp", json.loads(first.stdout.strip().splitlines()[-1]), second
+    return out / "cmp", first, second
 
 
 def test_report_and_plots(compared):
