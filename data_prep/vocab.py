@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
 BYTE_VOCAB = 256
 SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace marker
@@ -50,7 +50,13 @@ class SentencePieceVocab:
         self.vocab_size = n + 3
         self._byte_ids = [self.sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
         self._space_symbol_ids = [self._byte_ids[b] for b in SPACE_SYMBOL.encode()]
-        self._table: Optional[List[bytes]] = None
+        # Bytes of every piece id: <0xNN> -> that byte, U+2581 -> space, control pieces (unk,
+        # which byte fallback never produces) -> nothing. Decoding joins these.
+        self._piece_bytes: List[bytes] = [
+            bytes([int(self.sp.id_to_piece(i)[3:5], 16)]) if self.sp.is_byte(i)
+            else b"" if self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_unused(i)
+            else self.sp.id_to_piece(i).replace(SPACE_SYMBOL, " ").encode("utf-8")
+            for i in range(n)]
         if self.sp.unk_id() in self._byte_ids:
             raise ValueError(f"{path} has no byte-fallback pieces: train it with byte_fallback=True "
                              "(python -m data_prep.tokenizer) so that every text round-trips")
@@ -93,22 +99,6 @@ class SentencePieceVocab:
         are not UTF-8 come back unchanged); special ids are dropped."""
         table = self._piece_bytes
         return b"".join([table[i] for i in ids if 0 <= i < len(table)])
-
-    @property
-    def _piece_bytes(self) -> List[bytes]:
-        """Bytes of every piece id: ``<0xNN>`` -> that byte, U+2581 -> space, control pieces
-        (unk, which byte fallback never produces) -> nothing."""
-        if self._table is None:
-            sp, table = self.sp, []
-            for i in range(sp.get_piece_size()):
-                if sp.is_byte(i):
-                    table.append(bytes([int(sp.id_to_piece(i)[3:5], 16)]))
-                elif sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
-                    table.append(b"")
-                else:
-                    table.append(sp.id_to_piece(i).replace(SPACE_SYMBOL, " ").encode("utf-8"))
-            self._table = table
-        return self._table
 
 
 _INVALID_RUN = re.compile("([\udc80-\udcff]+)")
