@@ -42,7 +42,7 @@ from launch.common import (
     world_size,
 )
 from launch.slurm_config import printable
-from launch.sweep import LoadedRun, PrepareStep, Sweep, load_runs, load_sweep
+from launch.sweep import LoadedRun, PrepareStep, Sweep, load_runs, load_sweep, step_output
 from pretrain.config import (
     REPO_ROOT,
     Config,
@@ -201,18 +201,61 @@ def render_training(runs: Sequence[Config], *, output_dir: str, job_name: str,
 
 
 def render_prepare(steps: Sequence[PrepareStep], s: SlurmConfig, *, output_dir: str, job_name: str,
-                   cpus: int) -> str:
-    """The sbatch script of a sweep's data preparation (one node, no GPUs, not requeued)."""
-    sbatch = directives(s, job_name, output_pattern(output_dir, "prepare-%j.out", "sweep output_dir"),
-                        nodes=1, gpus=False, cpus=cpus, preemptible=False)
+                   cpus: int, array: int = 0, log_name: str = "prepare-%j.out") -> str:
+    """The sbatch script of a sweep's data preparation (one node, no GPUs, not requeued).
+
+    ``array`` > 0 makes it a job array of that many tasks, each running the same steps (a
+    ``data_prep.bytes --tasks N`` step takes its share from ``SLURM_ARRAY_TASK_ID``)."""
+    sbatch = directives(s, job_name, output_pattern(output_dir, log_name, "sweep output_dir"),
+                        nodes=1, gpus=False, cpus=cpus, preemptible=False,
+                        array=f"0-{array - 1}" if array else None)
     about = ["Data preparation rendered by `python -m launch.slurm --sweep` (launch/slurm.py);",
-             "the sweep's training array waits for it (afterok)."]
+             "the jobs after it wait for it (afterok)."]
     flat: List[str] = []
     for step in steps:
         flat += [str(1 + len(step.args)), step.module, *step.args]
     values = [*environment_values(s, job_python(s)), f"STEPS=({words(flat)})"]
     shebang = "#!/bin/bash -l" if s.modules else "#!/bin/bash"
     return _script(shebang, sbatch, about, values, ["common.sh", "prepare.sh"])
+
+
+@dataclasses.dataclass
+class PrepJob:
+    """One preparation job of a submission (they run one after another, each ``afterok``)."""
+
+    name: str
+    file: str  # script file name in the submission's output directory
+    script: str
+    log_name: str  # Slurm output pattern (%j = job id; %A_%a = array job id and task)
+    array: int = 0  # number of array tasks; 0 = a plain job
+
+    def log(self, output_dir: str, job_id: str) -> str:
+        return os.path.join(output_dir, self.log_name.replace("%j", job_id).replace("%A", job_id))
+
+
+def prepare_jobs(steps: Sequence[PrepareStep], s: SlurmConfig, *, output_dir: str, job_name: str,
+                 cpus: int) -> List[PrepJob]:
+    """Pending steps as jobs: each step with ``tasks`` > 1 becomes an array job plus a merge job
+    (first, in order); the other steps one job after them (they may read what the arrays made)."""
+    jobs: List[PrepJob] = []
+    for i, step in enumerate(st for st in steps if st.tasks > 1):
+        task_cpus = step.cpus or cpus
+        shard = PrepareStep(step.module, [*step.args, "--tasks", str(step.tasks),
+                                          "--workers", str(task_cpus)], step.creates)
+        name = f"{job_name}-prepare{i}"
+        jobs.append(PrepJob(name, f"prepare-array{i}.sbatch", render_prepare(
+            [shard], s, output_dir=output_dir, job_name=name, cpus=task_cpus, array=step.tasks,
+            log_name=f"prepare-array{i}-%A_%a.out"), f"prepare-array{i}-%A_%a.out", step.tasks))
+        merge = PrepareStep("data_prep.merge", [str(step_output(step))], step.creates)
+        jobs.append(PrepJob(name + "-merge", f"prepare-merge{i}.sbatch", render_prepare(
+            [merge], s, output_dir=output_dir, job_name=name + "-merge", cpus=1,
+            log_name=f"prepare-merge{i}-%j.out"), f"prepare-merge{i}-%j.out"))
+    plain = [st for st in steps if st.tasks <= 1]
+    if plain:
+        jobs.append(PrepJob(job_name + "-prepare", "prepare.sbatch", render_prepare(
+            plain, s, output_dir=output_dir, job_name=job_name + "-prepare", cpus=cpus),
+            "prepare-%j.out"))
+    return jobs
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +272,12 @@ class Submission:
     job_name: str
     script: str
     prepare: List[PrepareStep] = dataclasses.field(default_factory=list)
-    prepare_script: Optional[str] = None
+    prep_jobs: List[PrepJob] = dataclasses.field(default_factory=list)
+
+    @property
+    def prepare_script(self) -> Optional[str]:
+        """The script of the plain preparation job (steps without ``tasks``), if any."""
+        return next((j.script for j in self.prep_jobs if j.file == "prepare.sbatch"), None)
 
     @property
     def script_path(self) -> Path:
@@ -275,11 +323,9 @@ def plan_sweep(path: str, overrides: Sequence[str]) -> Submission:
         output_dir = os.path.abspath("launch")
     script = render_training([r.cfg for r in runs], output_dir=output_dir, job_name=job_name,
                              max_parallel=sweep.max_parallel) if runs else ""
-    prepare_script = None
-    if pending:
-        prepare_script = render_prepare(pending, first.slurm, output_dir=output_dir,
-                                        job_name=job_name + "-prepare", cpus=sweep.prepare_cpus)
-    return Submission(runs, output_dir, job_name, script, pending, prepare_script)
+    jobs = prepare_jobs(pending, first.slurm, output_dir=output_dir, job_name=job_name,
+                        cpus=sweep.prepare_cpus)
+    return Submission(runs, output_dir, job_name, script, pending, jobs)
 
 
 def sbatch(script: Path, dependency: Optional[str] = None) -> str:
@@ -308,8 +354,8 @@ def write_files(plan: Submission) -> None:
             _write_script(launch_dir(run.cfg.run_dir) / "job.sbatch", plan.script)
     if plan.runs:
         _write_script(plan.script_path, plan.script)
-    if plan.prepare_script:
-        _write_script(Path(plan.output_dir) / "prepare.sbatch", plan.prepare_script)
+    for job in plan.prep_jobs:
+        _write_script(Path(plan.output_dir) / job.file, job.script)
 
 
 def _write_script(path: Path, text: str) -> None:
@@ -318,17 +364,29 @@ def _write_script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
+def submit_preparation(plan: Submission, result: Dict[str, object]) -> Optional[str]:
+    """Submit the preparation jobs as a chain (each ``afterok`` the one before); record them in
+    ``result`` (``prepare_job_id`` / ``prepare_log``: the last one, which training waits for)."""
+    prepare_id: Optional[str] = None
+    records = []
+    for job in plan.prep_jobs:
+        path = Path(plan.output_dir) / job.file
+        prepare_id = sbatch(path, dependency=prepare_id)
+        records.append({"name": job.name, "job_id": prepare_id, "script": str(path),
+                        "log": job.log(plan.output_dir, prepare_id), "array_size": job.array or None})
+        what = f"array job {prepare_id} ({job.array} tasks)" if job.array else f"job {prepare_id}"
+        print(f"submitted data preparation {job.name} as {what}", file=sys.stderr)
+    if records:
+        result.update(prepare_job_id=prepare_id, prepare_script=records[-1]["script"],
+                      prepare_log=records[-1]["log"], prepare_jobs=records)
+    return prepare_id
+
+
 def submit(plan: Submission) -> Dict[str, object]:
     write_files(plan)
     result: Dict[str, object] = {"job_id": None, "script": None, "log": None,
                                  "run_dirs": [r.cfg.run_dir for r in plan.runs]}
-    prepare_id = None
-    if plan.prepare_script:
-        prepare_path = Path(plan.output_dir) / "prepare.sbatch"
-        prepare_id = sbatch(prepare_path)
-        result.update(prepare_job_id=prepare_id, prepare_script=str(prepare_path),
-                      prepare_log=os.path.join(plan.output_dir, f"prepare-{prepare_id}.out"))
-        print(f"submitted data preparation as job {prepare_id}", file=sys.stderr)
+    prepare_id = submit_preparation(plan, result)
     if plan.runs:
         job_id = sbatch(plan.script_path, dependency=prepare_id)
         array = len(plan.runs) > 1
@@ -371,9 +429,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:
         return fail(str(err))
     if args.dry_run:
-        if plan.prepare_script:
-            sys.stdout.write(plan.prepare_script)
-            sys.stdout.write("\n# ======== training job (after the preparation job above) ========\n")
+        for job in plan.prep_jobs:
+            sys.stdout.write(f"# ======== {job.file} ========\n{job.script}\n")
+        if plan.prep_jobs and plan.script:
+            sys.stdout.write("# ======== training job (after the preparation jobs above) ========\n")
         sys.stdout.write(plan.script)
         return 0
     try:
@@ -384,8 +443,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-__all__ = ["EXIT_REQUEUE", "Submission", "directive_value", "main", "plan_single", "plan_sweep",
-           "render_prepare", "render_training", "submit"]
+__all__ = ["EXIT_REQUEUE", "PrepJob", "Submission", "directive_value", "main", "plan_single",
+           "plan_sweep", "prepare_jobs", "render_prepare", "render_training", "submit"]
 
 if __name__ == "__main__":
     sys.exit(main())

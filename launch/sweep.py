@@ -54,6 +54,14 @@ class PrepareStep:
     creates: str = ""
     """The file the step writes last (a dataset's ``manifest.json``, a tokenizer's ``.model``);
     the step is skipped when it exists."""
+    tasks: int = 1
+    """``data_prep.bytes`` only: run the step as a job array of this many tasks (each prepares
+    its share, ``--tasks N`` with the task from ``SLURM_ARRAY_TASK_ID``), then a merge job
+    (``python -m data_prep.merge OUTPUT``) that the following jobs wait for. Steps with tasks
+    run before the other steps, in order."""
+    cpus: int = 0
+    """CPUs of each array task (``--cpus-per-task``; also passed as ``--workers``); 0 = the
+    sweep's ``prepare_cpus``."""
 
 
 @dataclass
@@ -127,11 +135,29 @@ def check_sweep(sweep: Sweep, origin: str) -> None:
     for i, step in enumerate(sweep.prepare):
         check(_MODULE_NAME.fullmatch(step.module) is not None, f"prepare[{i}].module",
               f"must be a Python module name, got {step.module!r}")
+        check(step.tasks >= 1, f"prepare[{i}].tasks", f"must be >= 1, got {step.tasks}")
+        check(step.cpus >= 0, f"prepare[{i}].cpus", f"must be >= 0, got {step.cpus}")
+        if step.tasks > 1:
+            check(step.module == "data_prep.bytes", f"prepare[{i}].tasks",
+                  f"a job array needs module data_prep.bytes, got {step.module!r}")
+            check(step_output(step) is not None, f"prepare[{i}].args", "a job array needs --output DIR")
+            check(not any(a.split("=")[0] in ("--tasks", "--task", "--workers") for a in step.args),
+                  f"prepare[{i}].args", "--tasks / --task / --workers are set by the array (tasks:, cpus:)")
         check(bool(step.creates), f"prepare[{i}].creates", "required (the file the step writes last)")
         for j, arg in enumerate(step.args):
             check("\0" not in arg, f"prepare[{i}].args[{j}]", "must not contain a NUL byte")
     check(sweep.prepare_cpus > 0, "prepare_cpus", f"must be positive, got {sweep.prepare_cpus}")
     check(sweep.max_parallel >= 0, "max_parallel", f"must be >= 0, got {sweep.max_parallel}")
+
+
+def step_output(step: PrepareStep) -> Optional[str]:
+    """The ``--output`` argument of a step (``--output DIR`` or ``--output=DIR``), if any."""
+    for j, arg in enumerate(step.args):
+        if arg == "--output" and j + 1 < len(step.args):
+            return step.args[j + 1]
+        if arg.startswith("--output="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def pending_steps(sweep: Sweep) -> List[PrepareStep]:

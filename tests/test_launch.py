@@ -426,11 +426,57 @@ prepare:
     ("runs:\n  - overrides: []\n", "runs[0].config: required"),
     ("runz: []\n", "runz"),
     ("prepare:\n  - module: 'os; rm'\n    creates: x\n", "prepare[0].module: must be a Python module"),
+    ("prepare:\n  - module: data_prep.tokenizer\n    tasks: 4\n    creates: x\n",
+     "prepare[0].tasks: a job array needs module data_prep.bytes"),
+    ("prepare:\n  - module: data_prep.bytes\n    tasks: 4\n    args: [c]\n    creates: x\n",
+     "prepare[0].args: a job array needs --output DIR"),
+    ("prepare:\n  - module: data_prep.bytes\n    tasks: 2\n    args: [--output=o, --task, '1']\n"
+     "    creates: x\n", "--tasks / --task / --workers are set by the array"),
+    ("prepare:\n  - module: data_prep.bytes\n    tasks: 0\n    creates: x\n", "prepare[0].tasks: must be >= 1"),
 ])
 def test_sweep_file_errors(tmp_path, body, expected):
     with pytest.raises(ConfigError) as info:
         load_sweep(write_sweep(tmp_path, body))
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_prepare_step_with_tasks_is_an_array_then_a_merge_then_the_rest(tmp_path, monkeypatch):
+    """Job chain: data_prep.bytes as a 3-task array (each task --tasks 3, its index from
+    SLURM_ARRAY_TASK_ID), a merge job of its output, then the plain steps, then training."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "data"
+    sweep = write_sweep(tmp_path, f"""
+prepare:
+  - module: data_prep.tokenizer
+    args: [--dataset, {out}]
+    creates: {tmp_path / 'tok.model'}
+  - module: data_prep.bytes
+    tasks: 3
+    cpus: 2
+    args: [corpus, --output, {out}]
+    creates: {out / 'manifest.json'}
+""")
+    plan = slurm.plan_sweep(str(sweep), [])
+    assert [j.file for j in plan.prep_jobs] == ["prepare-array0.sbatch", "prepare-merge0.sbatch",
+                                                 "prepare.sbatch"]
+    array, merge, plain = (j.script for j in plan.prep_jobs)
+    assert "#SBATCH --array=0-2\n" in array and "#SBATCH --cpus-per-task=2\n" in array
+    assert f"STEPS=(8 data_prep.bytes corpus --output {out} --tasks 3 --workers 2)" in array
+    assert "--array" not in merge and f"STEPS=(2 data_prep.merge {out})" in merge
+    assert "data_prep.tokenizer" in plain and "data_prep.bytes" not in plain
+    for script in (array, merge, plain):
+        assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    calls = []
+    monkeypatch.setattr(slurm, "sbatch", lambda path, dependency=None: calls.append(
+        (Path(path).name, dependency)) or str(100 + len(calls)))
+    result = slurm.submit(plan)
+    assert calls == [("prepare-array0.sbatch", None), ("prepare-merge0.sbatch", "101"),
+                     ("prepare.sbatch", "102")]
+    assert result["prepare_job_id"] == "103"
+    assert result["prepare_jobs"][0]["log"] == str(tmp_path / "launch" / "prepare-array0-101_%a.out")
+    (out / "manifest.json").parent.mkdir()
+    (out / "manifest.json").write_text("{}")  # prepared: only the tokenizer step is left
+    assert [j.file for j in slurm.plan_sweep(str(sweep), []).prep_jobs] == ["prepare.sbatch"]
 
 
 def test_array_tasks_must_share_resources(tmp_path, monkeypatch):
