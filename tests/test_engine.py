@@ -367,3 +367,17 @@ def test_ranks_that_see_different_checkpoints_stop_with_one_message(tmp_path):
     assert f"{base}/1/checkpoints/latest -> step_00000002" in line
     assert not (base / "0" / "results.json").exists()  # nothing trained from scratch ...
     assert json.loads((first / "results.json").read_text())["steps"] == 2  # ... nor resumed
+
+
+def test_tp2_rank_does_at_most_055_of_a_tp1_rank_s_training_flops():
+    """The local model is split over the TP group (not repeated by every TP peer): FLOPs of one
+    training step counted by torch inside each rank, on a model whose local stack does ~63% of
+    the counted work (replicated, a TP=2 rank would do ~0.81 of TP=1)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tp_flops.py"), "--tp", "1,2",
+                           "model.seq_len=128"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    tp2 = result["layouts"]["tp2"]
+    assert len({r["flops"] for r in tp2["ranks"]}) == 1  # both ranks do the same work
+    assert result["local_share"] > 0.5
+    assert tp2["ratio"] <= 0.55, result

@@ -11,7 +11,22 @@ stack of a Transformer baseline):
 * attention dropout runs under the model-parallel RNG stream (different on every TP rank),
   everything else under the default stream (identical on TP peers), as in Megatron.
 
-The local model, embeddings, pads and norms are replicated and stay identical on all TP ranks.
+MEGABYTE's local model is split over the TP group by *patch sequences* instead
+(:func:`split_local_model`): its B*K independent patch sequences are cut into tp contiguous
+shares, each TP rank runs the local stack on its share only (:class:`_ScatterRows`: own share
+forward, all-gather of the gradient backward) and the outputs are all-gathered before the head
+(:class:`_GatherRows`: all-gather forward, own share of the gradient backward), so the head, the
+loss and everything outside the local stack see the whole batch on every TP rank, unchanged.
+Each local-stack parameter then holds the gradient of its rank's share only; a hook sums it over
+the TP group before DeepSpeed's own reduction sees it. Why this and not Megatron TP of the
+local stack: its FLOPs split the same way, but it needs two all-reduces of (B*K, P, D_L)
+activations per local layer, where this needs one all-gather of that size forward and backward
+and one all-reduce of the local parameters' gradients per step; and the local stack's small
+dimension (D_L, heads) need not be divisible by tp. Cross-patch local attention
+(``model.cross_patch_window`` > 0) couples neighbouring patches, so there the local model stays
+replicated.
+
+Embeddings, pads and norms are replicated and stay identical on all TP ranks.
 TP-sharded parameters carry ``tensor_model_parallel=True``, ``partition_dim`` and
 ``partition_stride`` so DeepSpeed counts them once per TP rank in the gradient norm.
 
@@ -36,6 +51,7 @@ from pretrain.model import Model, build_model
 from pretrain.model.init import init_rules, initial_value
 from pretrain.model.layers import Attention, LinearFactory
 from pretrain.parallel.grid import ParallelGrid
+from pretrain.runtime.logs import get_logger
 from pretrain.training.memory import apply_activation_checkpointing
 
 # ------------------------------------------------------------------------------ TP primitives
@@ -68,6 +84,90 @@ class _ReduceFromTP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         return grad, None
+
+
+class _ScatterRows(torch.autograd.Function):
+    """This TP rank's contiguous share of dim 0 forward; all-gather of the shares' gradients
+    backward (every rank gets the gradient of the whole input)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, grid: ParallelGrid) -> Tensor:  # type: ignore[override]
+        ctx.grid = grid
+        n = x.shape[0] // grid.tp_size
+        return x[grid.tp_rank * n:(grid.tp_rank + 1) * n]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _all_gather_rows(grad, ctx.grid), None
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of the TP ranks' shares along dim 0 forward; this rank's share of the gradient
+    backward (identical on every TP rank: what follows runs on the whole batch everywhere)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, grid: ParallelGrid) -> Tensor:  # type: ignore[override]
+        ctx.grid, ctx.n = grid, y.shape[0]
+        return _all_gather_rows(y, grid)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        r, n = ctx.grid.tp_rank, ctx.n
+        return grad[r * n:(r + 1) * n], None
+
+
+def _all_gather_rows(x: Tensor, grid: ParallelGrid) -> Tensor:
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(grid.tp_size)]
+    dist.all_gather(parts, x, group=grid.tp_group)
+    return torch.cat(parts, 0)
+
+
+def local_split_rows(cfg: Config, micro_batch: int) -> Optional[str]:
+    """Why the local model cannot be split over the TP group for this config (None: it can)."""
+    tp, m = cfg.parallel.tensor_parallel, cfg.model
+    if tp == 1 or m.arch != "megabyte":
+        return "no tensor parallelism" if tp == 1 else "not MEGABYTE"
+    if m.cross_patch_window:
+        return "cross-patch local attention couples neighbouring patches"
+    rows = micro_batch * (m.seq_len // m.patch_size)
+    if rows % tp:
+        return (f"its {micro_batch} x {m.seq_len // m.patch_size} = {rows} patch sequences per "
+                f"micro batch do not divide over tensor_parallel={tp}")
+    return None
+
+
+def split_local_model(model: nn.Module, grid: ParallelGrid) -> None:
+    """Run MEGABYTE's local stack on this TP rank's share of the patch sequences (module
+    docstring). Hooks only: parameter names, shapes and checkpoints are those of the plain model.
+    """
+    local = model.local_model  # type: ignore[attr-defined]
+    split = [False]  # whether the call in flight was split (set forward-pre, read forward-post)
+
+    def scatter(module: nn.Module, args: Tuple, kwargs: Dict) -> Tuple[Tuple, Dict]:
+        x = args[0]  # (B*K, P, D_L)
+        split[0] = x.shape[0] % grid.tp_size == 0
+        if not split[0]:
+            if torch.is_grad_enabled():  # training batches are checked by local_split_rows
+                raise ValueError(f"{x.shape[0]} patch sequences do not divide over "
+                                 f"tensor_parallel={grid.tp_size} (local model split)")
+            return None  # scoring a short last batch: every TP rank runs all of it
+        return (_ScatterRows.apply(x, grid), *args[1:]), kwargs
+
+    def gather(module: nn.Module, args: Tuple, kwargs: Dict, y: Tensor) -> Optional[Tensor]:
+        if not split[0]:
+            return None
+        return _GatherRows.apply(y, grid)  # (B*K/tp, P, D_L) -> (B*K, P, D_L)
+
+    def sum_over_tp(grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, group=grid.tp_group)
+        return grad
+
+    local.register_forward_pre_hook(scatter, with_kwargs=True)
+    local.register_forward_hook(gather, with_kwargs=True)
+    for param in local.parameters():
+        param.register_hook(sum_over_tp)
 
 
 def _mark_tp(param: nn.Parameter, dim: int) -> None:
@@ -310,6 +410,11 @@ def build_parallel_model(cfg: Config, vocab_size: int, pad_id: int, bos_id: int,
                             global_linear=tp_linear(grid))
     fork_attention_rng(model, grid)
     load_weights(model, source, grid, zero3)
+    why_not = local_split_rows(cfg, int(ds_config["train_micro_batch_size_per_gpu"]))
+    if why_not is None:
+        split_local_model(model, grid)
+    elif grid.tp_size > 1 and cfg.model.arch == "megabyte":
+        get_logger().info("local model replicated on the %d TP ranks: %s", grid.tp_size, why_not)
     if zero3:
         for weight in tied_weights(model):
             deepspeed.zero.register_external_parameter(model, weight)
