@@ -1,49 +1,69 @@
 """Shard a corpus into byte-level WebDataset tars with a manifest.
 
     python -m data_prep.bytes --stdlib --skip empty --shard-bytes 1MiB --output data/stdlib
-    python -m data_prep.bytes corpus/ dumps/*.jsonl.gz --include '*.txt' --exclude .git --output data/c
+    python -m data_prep.bytes corpus/ dumps/*.jsonl.zst --include '*.txt' --exclude .git --output data/c
+    python -m data_prep.bytes enwik8 --doc-bytes 64K --split contiguous --val-fraction 0.05 --output d
+    python -m data_prep.bytes dumps/ --output data/big --tasks 64 --task 3   # one task of a job array
 
-Inputs are files and directories (recursive; ``--include`` / ``--exclude`` globs). ``.jsonl`` and
-``.jsonl.gz`` files hold one document per line (the ``--text-field`` string, stored as UTF-8);
-every other file (text, code, images, audio, anything) is one document of raw bytes, unless
-``--media`` converts images and audio (below). Documents keep their boundaries; one larger than
-``--max-sample-bytes`` is stored as numbered chunks.
+Inputs are files and directories (recursive; ``--include`` / ``--exclude`` globs). One document
+per line for ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` (the ``--text-field`` string, stored as
+UTF-8), one per row for ``.parquet`` (the ``--text-field`` column, string or binary); ``.gz`` and
+``.zst`` files are decompressed; every other file (text, code, images, audio, anything) is one
+document of raw bytes, unless ``--media`` converts images and audio (below). Everything is read
+as a stream in constant memory (``data_prep/readers.py``). ``--doc-bytes N`` cuts raw and
+decompressed files into documents of about N bytes: a document ends after the last newline
+within N bytes (a line longer than N is cut at N) and is named ``<file id>@<offset>``. A document
+larger than ``--max-sample-bytes`` is stored as numbered chunks.
 
-Each document goes to train / val / test by a hash of its id (the path relative to its input, or
-``file:line`` for JSONL), so the split never depends on worker count or input order. Output:
-``{split}-{index:06d}.tar`` shards of about ``--shard-bytes`` and ``manifest.json`` (per split
-document and byte counts; per shard bytes, samples and sha256; sources; options; bad-input
-counts), written last and atomically. Re-running with the same inputs and options is a no-op;
-an interrupted run leaves no manifest, and running it again writes identical shards.
+Splits (``--split``): ``hash`` (default) sends each document to train / val / test by a hash of its
+id: the path relative to its input for a file, ``--id-field`` or else the sha256 of the text for a
+JSONL or Parquet record, so the split never depends on workers, tasks or where a record sits in a
+dump. ``contiguous`` (the enwik8 convention): over the inputs concatenated in sorted id order, the
+last val_fraction + test_fraction of the bytes become val, then test, in order (files are cut at
+those points, and with ``--doc-bytes`` documents too).
+
+Output: ``{split}-{index:06d}.tar`` shards of about ``--shard-bytes`` (each worker process writes
+its own), and ``manifest.json`` (per split document and byte counts; per shard bytes, samples and
+sha256; sources; options; bad-input counts), written last and atomically. Re-running with the
+same inputs and options is a no-op; an interrupted run leaves no manifest, and running it again
+finishes the job.
+
+A job array (``--tasks N --task I``, I defaulting to $SLURM_ARRAY_TASK_ID; submit with
+``--array=0-(N-1)``): the work is cut into the same list of pieces in every task and balanced by
+bytes; task I prepares its share into ``{split}-tIIII-{index:06d}.tar`` and then writes
+``parts/part-IIIII-of-NNNNN.json`` atomically. The last task to finish merges the parts into
+``manifest.json`` (``python -m data_prep.merge DIR`` does the same by hand). Running the array
+again redoes only the tasks without a finished part. The merged dataset holds the same documents
+per split as a one-task run.
 
 Images and audio (``--media``, see ``data_prep/media.py``): by default (``auto``) a set of inputs
 that are all images (.png/.jpg/.jpeg) becomes one document per image of ``--image-size`` squared
 x 3 raw RGB bytes (``--image-fit``, ``--pixel-order raster`` or ``blocks:B``), and a set of
 inputs that are all .wav files one document per file of mono samples (``--audio-format``
-``mulaw8`` or ``pcm16``; every file at one sample rate). A mix of images, audio and other files
-is an error in ``auto`` mode; ``--media none`` stores every file's bytes as they are. What the
-bytes are is recorded in the manifest under ``"media"``.
+``mulaw8`` or ``pcm16``; every file at one sample rate, by default that of the first file in id
+order). A mix of images, audio and other files is an error in ``auto`` mode; ``--media none``
+stores every file's bytes as they are (compressed files are still decompressed). What the bytes
+are is recorded in the manifest under ``"media"``.
 
 Bad input (an unreadable or vanished file, an empty file, a malformed JSONL line, a missing text
-field, invalid UTF-8 in JSON text, an image or WAV file that cannot be decoded) is fatal with one
-line naming the file and line, unless ``--skip KIND`` (or ``--skip all``) is given: then each is
-warned about and counted in the manifest. Sizes accept suffixes K, M, G (powers of 1024; ``KiB``,
-``MB`` etc. are the same). The result is one JSON object on stdout; progress and warnings go to stderr.
+field or column, invalid UTF-8 in JSON text, an image or WAV file that cannot be decoded) is fatal
+with one line naming the file and line (or Parquet row), unless ``--skip KIND`` (or ``--skip
+all``) is given: then each is warned about and counted in the manifest. Sizes accept suffixes K,
+M, G (powers of 1024; ``KiB``, ``MB`` etc. are the same). The result is one JSON object on stdout
+per task; progress and warnings go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import sys
 import time
-import zlib
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -52,22 +72,19 @@ from data_prep.media import (
     IMAGE_FITS,
     MediaError,
     MediaSpec,
-    audio_to_bytes,
-    image_to_bytes,
     media_kind_of,
     parse_pixel_order,
 )
+from data_prep.merge import build_manifest, finished_part, part_path, try_merge, write_part
+from data_prep.plan import plan_pieces, reference_sample_rate, share
+from data_prep.readers import Bad, Doc, Piece, ReadOptions, ReadStats, read_piece
 from data_prep.shards import (
-    FORMAT,
     MANIFEST,
     SPLITS,
-    VERSION,
     SplitWriter,
     finished_manifest,
     remove_stale,
     split_payload,
-    start_rewrite,
-    write_manifest,
 )
 from data_prep.sources import STDLIB_EXCLUDE, InputFile, collect_inputs, split_of, stdlib_dir
 
@@ -76,8 +93,9 @@ BAD_KINDS = ("unreadable", "empty", "malformed_json", "missing_field", "invalid_
 MEDIA_KINDS = ("bad_image", "bad_audio")  # bad-input kinds that exist only for media inputs
 MEDIA_MODES = ("auto", "none", "image", "audio")
 MEDIA_OPTIONS = ("media", "image_size", "image_fit", "pixel_order", "audio_format", "audio_sample_rate")
-JSONL_TASK_BYTES = 16 << 20  # a large .jsonl file is read in ranges of about this size
-BATCH_BYTES = 4 << 20  # tasks are sent to workers in batches of about this many input bytes
+SPLIT_RULES = ("hash", "contiguous")
+LAYOUT = 2  # in the fingerprint: 2 = content-hash JSONL ids, decompressed .gz/.zst, piece plan
+LOOK_AHEAD = 2  # pieces handed to each worker ahead of time (pieces are descriptions, not data)
 MAX_EXAMPLES = 100  # bad-input messages kept in the manifest
 MAX_WARNINGS = 20  # per kind, printed to stderr
 
@@ -107,18 +125,23 @@ class PrepOptions:
     pixel_order: str = "raster"
     audio_format: str = "mulaw8"
     audio_sample_rate: Optional[int] = None  # None: every file at the rate of the first one
+    doc_bytes: Optional[int] = None  # cut raw / decompressed files into documents of about this size
+    split: str = "hash"  # 'hash' (by document id) or 'contiguous' (the last bytes are val, then test)
+    piece_bytes: int = 16 << 20  # large files are cut into pieces of work of about this size
 
     def check(self) -> None:
-        if self.shard_bytes <= 0:
-            raise PrepError(f"--shard-bytes must be positive, got {self.shard_bytes}")
-        if self.max_sample_bytes <= 0:
-            raise PrepError(f"--max-sample-bytes must be positive, got {self.max_sample_bytes}")
+        for name in ("shard_bytes", "max_sample_bytes", "piece_bytes", "doc_bytes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise PrepError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
                 and self.val_fraction + self.test_fraction < 1):
             raise PrepError(f"--val-fraction {self.val_fraction} and --test-fraction "
                             f"{self.test_fraction} must be >= 0 with a sum below 1")
         if self.order not in ("hash", "sorted"):
             raise PrepError(f"--order must be 'hash' or 'sorted', got {self.order!r}")
+        if self.split not in SPLIT_RULES:
+            raise PrepError(f"--split must be one of {', '.join(SPLIT_RULES)}, got {self.split!r}")
         bad = [k for k in self.skip if k not in BAD_KINDS]
         if bad:
             raise PrepError(f"--skip: unknown kind {bad[0]!r} (kinds: {', '.join(BAD_KINDS)}, all)")
@@ -137,6 +160,11 @@ class PrepOptions:
                              pixel_order=self.pixel_order, channels=3)
         return MediaSpec("audio", audio_format=self.audio_format, sample_rate=self.audio_sample_rate,
                          channels=1)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The options as the manifest records them (tuples as lists)."""
+        return {**asdict(self), "include": list(self.include), "exclude": list(self.exclude),
+                "skip": list(self.skip)}
 
 
 def resolve_media(files: List[InputFile], opts: PrepOptions) -> Optional[MediaSpec]:
@@ -159,157 +187,9 @@ def resolve_media(files: List[InputFile], opts: PrepOptions) -> Optional[MediaSp
                         "bytes as they are, or --include/--exclude to prepare one kind at a time")
     return None
 
-# --------------------------------------------------------------------------------------
-# Work items, run in worker processes
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Task:
-    """A piece of reading: one chunk of a raw file, or a byte range of lines of a JSONL file."""
-
-    file_index: int
-    kind: str
-    path: str
-    start: int
-    end: int
-    size: int
-    chunk: int = 0
-    chunks: int = 1
-
-
-@dataclass
-class TaskResult:
-    """Documents and problems found by one task, lines numbered from 1 within the task."""
-
-    docs: List[Tuple[int, Optional[str], bytes]] = field(default_factory=list)
-    bad: List[Tuple[str, int, str]] = field(default_factory=list)  # (kind, line or 0, message)
-    lines: int = 0
-    blank_lines: int = 0
-    sample_rate: Optional[int] = None  # audio: the file's rate
-
-
-def _read_raw(task: Task, res: TaskResult) -> None:
-    try:
-        with open(task.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != task.size:
-                res.bad.append(("unreadable", 0, f"changed while being prepared ({task.size} bytes "
-                                                 f"when listed, {size} now)"))
-                return
-            f.seek(task.start)
-            data = f.read(task.end - task.start)
-    except OSError as err:
-        res.bad.append(("unreadable", 0, f"cannot read: {err.strerror or err}"))
-        return
-    if len(data) != task.end - task.start:
-        res.bad.append(("unreadable", 0, f"changed while being read (expected {task.end - task.start} "
-                                         f"bytes at offset {task.start}, got {len(data)})"))
-        return
-    res.docs.append((0, None, data))
-
-
-def _read_media(task: Task, media: MediaSpec, res: TaskResult) -> None:
-    """Read a whole image or WAV file and convert it (``data_prep.media``) to one document."""
-    _read_raw(task, res)
-    if res.bad:
-        return
-    data = res.docs.pop()[2]
-    try:
-        if media.kind == "image":
-            res.docs.append((0, None, image_to_bytes(data, media)))
-        else:
-            payload, res.sample_rate = audio_to_bytes(data, media)
-            res.docs.append((0, None, payload))
-    except MediaError as err:
-        res.bad.append((f"bad_{media.kind}", 0, str(err)))
-
-
-def _parse_line(line: bytes, lineno: int, opts: PrepOptions, res: TaskResult) -> None:
-    if not line.strip():
-        res.blank_lines += 1
-        return
-    try:
-        obj = json.loads(line)
-    except UnicodeDecodeError as err:
-        res.bad.append(("invalid_utf8", lineno, f"invalid UTF-8 at byte {err.start} of the line"))
-        return
-    except ValueError as err:
-        res.bad.append(("malformed_json", lineno, f"malformed JSON: {err}"))
-        return
-    if not isinstance(obj, dict):
-        res.bad.append(("malformed_json", lineno, f"not a JSON object but {type(obj).__name__}"))
-        return
-    field_ = opts.text_field
-    if field_ not in obj:
-        res.bad.append(("missing_field", lineno, f"no field {field_!r}"))
-        return
-    text = obj[field_]
-    if not isinstance(text, str):
-        res.bad.append(("missing_field", lineno, f"field {field_!r} is {type(text).__name__}, not a string"))
-        return
-    doc_id = None
-    if opts.id_field is not None:
-        if obj.get(opts.id_field) is None:
-            res.bad.append(("missing_field", lineno, f"no id field {opts.id_field!r}"))
-            return
-        doc_id = str(obj[opts.id_field])
-    try:
-        payload = text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        res.bad.append(("invalid_utf8", lineno, f"field {field_!r} is not valid UTF-8 (lone surrogate "
-                                                f"{text[err.start]!r} at character {err.start})"))
-        return
-    if not payload:
-        res.bad.append(("empty", lineno, f"empty document (field {field_!r} is empty)"))
-        return
-    res.docs.append((lineno, doc_id, payload))
-
-
-def _read_jsonl(task: Task, opts: PrepOptions, res: TaskResult) -> None:
-    try:
-        if task.kind == "jsonl.gz":
-            with gzip.open(task.path, "rb") as f:
-                for line in f:
-                    res.lines += 1
-                    _parse_line(line, res.lines, opts, res)
-            return
-        with open(task.path, "rb") as f:
-            # This range owns the lines that start inside [start, end).
-            if task.start > 0:
-                f.seek(task.start - 1)
-                f.readline()
-            pos = f.tell()
-            while pos < task.end:
-                line = f.readline()
-                if not line:
-                    break
-                pos += len(line)
-                res.lines += 1
-                _parse_line(line, res.lines, opts, res)
-    except (OSError, EOFError, zlib.error) as err:
-        where = res.lines + 1
-        res.bad.append(("unreadable", where, f"cannot read: {getattr(err, 'strerror', None) or err}"))
-
-
-def run_batch(tasks: List[Task], opts: PrepOptions, media: Optional[MediaSpec] = None) -> List[TaskResult]:
-    """Run a batch of tasks (in a worker process, or inline); ``media`` converts image/audio files."""
-    out = []
-    for task in tasks:
-        res = TaskResult()
-        if task.kind == "raw":
-            _read_raw(task, res)
-        elif task.kind in ("image", "audio"):
-            assert media is not None
-            _read_media(task, media, res)
-        else:
-            _read_jsonl(task, opts, res)
-        out.append(res)
-    return out
-
 
 # --------------------------------------------------------------------------------------
-# Planning and writing (main process)
+# Planning (every task of a job computes the same plan)
 # --------------------------------------------------------------------------------------
 
 
@@ -332,49 +212,15 @@ def select_files(files: List[InputFile], opts: PrepOptions) -> List[InputFile]:
     return files
 
 
-def make_tasks(files: List[InputFile], opts: PrepOptions, media: Optional[MediaSpec] = None) -> List[Task]:
-    tasks: List[Task] = []
-    for i, f in enumerate(files):
-        if f.size <= 0:  # empty or vanished: reported by the main process, nothing to read
-            continue
-        if media is not None:  # the whole file, converted in the worker
-            tasks.append(Task(i, media.kind, f.path, 0, f.size, f.size))
-        elif f.kind == "raw":
-            n = -(-f.size // opts.max_sample_bytes)
-            for c in range(n):
-                start = c * opts.max_sample_bytes
-                tasks.append(Task(i, "raw", f.path, start, min(f.size, start + opts.max_sample_bytes),
-                                  f.size, c, n))
-        elif f.kind == "jsonl":
-            for start in range(0, f.size, JSONL_TASK_BYTES):
-                tasks.append(Task(i, "jsonl", f.path, start, min(f.size, start + JSONL_TASK_BYTES), f.size))
-        else:
-            tasks.append(Task(i, f.kind, f.path, 0, f.size, f.size))
-    return tasks
-
-
-def _batches(tasks: List[Task]) -> List[List[Task]]:
-    out: List[List[Task]] = []
-    cur: List[Task] = []
-    size = 0
-    for t in tasks:
-        cur.append(t)
-        size += t.end - t.start
-        if size >= BATCH_BYTES or len(cur) >= 256:
-            out.append(cur)
-            cur, size = [], 0
-    if cur:
-        out.append(cur)
-    return out
-
 
 def fingerprint(inputs: Sequence[Path], files: List[InputFile], opts: PrepOptions,
-                media: Optional[MediaSpec] = None) -> str:
+                media: Optional[MediaSpec] = None, tasks: int = 1) -> str:
     """Hash of everything the output depends on: options, input paths, every file's id/size/mtime,
-    and the media spec. Without media, the media options do not change the output and are left
-    out (so datasets prepared before they existed keep their fingerprint)."""
+    the media spec, the task count and the layout version. Without media, the media options do
+    not change the output and are left out."""
     options = asdict(opts)
-    head: Dict[str, Any] = {"inputs": [str(Path(p).resolve()) for p in inputs]}
+    head: Dict[str, Any] = {"inputs": [str(Path(p).resolve()) for p in inputs], "layout": LAYOUT,
+                            "tasks": tasks}
     if media is None:
         options = {k: v for k, v in options.items() if k not in MEDIA_OPTIONS}
         options["skip"] = [k for k in opts.skip if k not in MEDIA_KINDS]
@@ -387,39 +233,24 @@ def fingerprint(inputs: Sequence[Path], files: List[InputFile], opts: PrepOption
     return h.hexdigest()
 
 
-class _BadInputs:
-    """Counts bad input; raises unless the kind is skipped."""
+@dataclass
+class Job:
+    """What every task of a job computes alike: files, media, fingerprint, pieces, manifest head."""
 
-    def __init__(self, skip: Sequence[str], warn: Any) -> None:
-        self.skip, self.warn = set(skip), warn
-        self.counts: Dict[str, int] = {k: 0 for k in BAD_KINDS}
-        self.examples: List[str] = []
+    files: List[InputFile]
+    media: Optional[MediaSpec]
+    fingerprint: str
+    pieces: List[Piece]
+    head: Dict[str, Any]  # options, sources and media, as the manifest records them
 
-    def report(self, kind: str, where: str, message: str) -> None:
-        line = f"{where}: {message}"
-        if kind not in self.skip:
-            raise PrepError(f"{line} (pass --skip {kind} to skip such input)")
-        line += f" [{kind}]"
-        self.counts[kind] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(line)
-        if self.counts[kind] <= MAX_WARNINGS:
-            self.warn(f"warning: skipped {line}")
-        elif self.counts[kind] == MAX_WARNINGS + 1:
-            self.warn(f"warning: further '{kind}' input is skipped silently here (counted in the manifest)")
+    @property
+    def input_bytes(self) -> int:
+        return sum(max(f.size, 0) for f in self.files)
 
 
-def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptions(), workers: int = 1,
-            progress: bool = True, files: Optional[List[InputFile]] = None) -> Dict[str, Any]:
-    """Shard ``inputs`` into ``out_dir``; return a summary (see the module docstring).
-
-    ``files`` (from :func:`collect_inputs`) may be passed to reuse a listing.
-    """
-    from tqdm import tqdm
-
-    opts.check()
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
+def plan_job(inputs: Sequence[Path], opts: PrepOptions, files: Optional[List[InputFile]] = None,
+             tasks: int = 1) -> Job:
+    """List, select and plan the inputs (see ``data_prep/plan.py``)."""
     if files is None:
         files = collect_inputs(inputs, opts.include, opts.exclude)
     files = select_files(files, opts)
@@ -427,173 +258,266 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
         raise PrepError(f"no input files in {', '.join(map(str, inputs))} "
                         f"(include {list(opts.include) or 'all'}, exclude {list(opts.exclude)})")
     media = resolve_media(files, opts)
-    fp = fingerprint(inputs, files, opts, media)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = finished_manifest(out_dir, fp, "bytes")
-    if existing is not None:
-        return _summary(existing, out_dir, "unchanged", time.perf_counter() - t0)
-
-    start_rewrite(out_dir)  # no manifest until every shard is in place
-    total_bytes = sum(max(f.size, 0) for f in files)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="prep",
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    bad = _BadInputs(opts.skip, lambda msg: tqdm.write(msg, file=sys.stderr))
-    writers = {s: SplitWriter(out_dir, s, opts.shard_bytes) for s in SPLITS}
-    state: Dict[str, Any] = {"docs": 0, "blank_lines": 0, "sample_rate": None}
-    try:
-        for f in files:  # file-level problems known before reading
-            if f.size == 0:
-                bad.report("empty", f.path, "empty file")
-            elif f.size < 0:
-                bad.report("unreadable", f.path, "vanished before it could be read")
-        _run(files, make_tasks(files, opts, media), opts, workers, writers, bad, bar, state, media)
-        records = [r for s in SPLITS for r in writers[s].close()]
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        bar.close()
-        raise
-    bar.close()
-    if media is not None and media.kind == "audio":  # the rate every written file has
-        media = MediaSpec(**{**asdict(media), "sample_rate": state["sample_rate"]})
-    manifest = _manifest(inputs, files, opts, fp, records, bad, state["blank_lines"], media)
-    write_manifest(out_dir, manifest)
-    remove_stale(out_dir, keep=tuple(r.name for r in records))
-    return _summary(manifest, out_dir, "written", time.perf_counter() - t0, total_bytes)
-
-
-def _run(files: List[InputFile], tasks: List[Task], opts: PrepOptions, workers: int,
-         writers: Dict[str, SplitWriter], bad: _BadInputs, bar: Any, state: Dict[str, Any],
-         media: Optional[MediaSpec] = None) -> None:
-    """Run the tasks (in order) and write their documents."""
-    line_base = [0] * len(files)
-    file_found = [0] * len(files)  # documents + problems seen per JSONL file
-    skipped_file = -1  # a raw file whose first chunk failed: its later chunks are dropped with it
-    batches = _batches(tasks)
-
-    def handle(batch: List[Task], results: List[TaskResult]) -> None:
-        nonlocal skipped_file
-        for task, res in zip(batch, results):
-            f = files[task.file_index]
-            base = line_base[task.file_index]
-            if task.kind in ("image", "audio"):
-                _write_media(f, res, opts, writers, bad, state)
-            elif task.kind == "raw":
-                if task.file_index == skipped_file:
-                    continue
-                if res.bad:
-                    kind, _, msg = res.bad[0]
-                    if task.chunk > 0:
-                        raise PrepError(f"{f.path}: {msg} after {task.chunk} of {task.chunks} chunks "
-                                        "were written (cannot skip a partly written document)")
-                    bad.report(kind, f.path, msg)
-                    skipped_file = task.file_index
-                    continue
-                w = writers[split_of(f.doc_id, opts.val_fraction, opts.test_fraction)]
-                w.write_chunk(f.doc_id, task.chunk, task.chunks, res.docs[0][2])
-                if task.chunk == task.chunks - 1:
-                    w.end_document()
-                    state["docs"] += 1
-            else:
-                for kind, line, msg in res.bad:
-                    bad.report(kind, f"{f.path}:{base + line}" if line else f.path, msg)
-                for line, given_id, payload in res.docs:
-                    doc_id = given_id if given_id is not None else f"{f.doc_id}:{base + line}"
-                    w = writers[split_of(doc_id, opts.val_fraction, opts.test_fraction)]
-                    chunks = split_payload(payload, opts.max_sample_bytes)
-                    for c, part in enumerate(chunks):
-                        w.write_chunk(doc_id, c, len(chunks), part)
-                    w.end_document()
-                    state["docs"] += 1
-                line_base[task.file_index] += res.lines
-                state["blank_lines"] += res.blank_lines
-                file_found[task.file_index] += len(res.docs) + len(res.bad)
-                if task.end >= task.size and not file_found[task.file_index]:
-                    bad.report("empty", f.path, "no documents (only blank lines)")
-            bar.update(task.end - task.start)
-        bar.set_postfix(docs=state["docs"], refresh=False)
-
-    if workers <= 1:
-        for batch in batches:
-            handle(batch, run_batch(batch, opts, media))
-        return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    with ctx.Pool(workers) as pool:
-        pending: deque = deque()
-        it = iter(batches)
-
-        def submit() -> None:
-            batch = next(it, None)
-            if batch is not None:
-                pending.append((batch, pool.apply_async(run_batch, (batch, opts, media))))
-
-        for _ in range(3 * workers):  # bounded look-ahead keeps memory bounded
-            submit()
-        while pending:
-            batch, result = pending.popleft()
-            results = result.get()
-            submit()
-            handle(batch, results)
-
-
-def _write_media(f: InputFile, res: TaskResult, opts: PrepOptions, writers: Dict[str, SplitWriter],
-                 bad: _BadInputs, state: Dict[str, Any]) -> None:
-    """Write one converted image / audio file as one document (or report why it is bad)."""
-    if res.bad:
-        kind, _, msg = res.bad[0]
-        bad.report(kind, f.path, msg)
-        return
-    if res.sample_rate is not None:
-        if state["sample_rate"] is None:
-            state["sample_rate"], state["rate_file"] = res.sample_rate, f.path
-        elif res.sample_rate != state["sample_rate"]:
-            bad.report("bad_audio", f.path, f"sample rate {res.sample_rate} Hz, but {state['rate_file']} "
-                       f"has {state['sample_rate']} Hz (no resampling is done: convert the files, or "
-                       "pass --audio-sample-rate)")
-            return
-    payload = res.docs[0][2]
-    w = writers[split_of(f.doc_id, opts.val_fraction, opts.test_fraction)]
-    chunks = split_payload(payload, opts.max_sample_bytes)
-    for c, part in enumerate(chunks):
-        w.write_chunk(f.doc_id, c, len(chunks), part)
-    w.end_document()
-    state["docs"] += 1
-
-
-def _manifest(inputs: Sequence[Path], files: List[InputFile], opts: PrepOptions, fp: str,
-              records: List[Any], bad: _BadInputs, blank_lines: int,
-              media: Optional[MediaSpec] = None) -> Dict[str, Any]:
-    splits = {}
-    for s in SPLITS:
-        recs = [r for r in records if r.split == s]
-        n_bytes = sum(r.bytes for r in recs)
-        splits[s] = {"docs": sum(r.docs for r in recs), "bytes": n_bytes, "tokens": n_bytes,
-                     "samples": sum(r.samples for r in recs), "shards": len(recs),
-                     "bytes_per_token": 1.0}
+    if media is not None and media.kind == "audio" and media.sample_rate is None:
+        media = replace(media, sample_rate=reference_sample_rate(files))
     kinds: Dict[str, int] = {}
     for f in files:
         kinds[f.kind] = kinds.get(f.kind, 0) + 1
-    return {
-        "format": FORMAT, "version": VERSION, "kind": "bytes", "created_by": "data_prep.bytes",
-        "fingerprint": fp,
-        "options": {**asdict(opts), "include": list(opts.include), "exclude": list(opts.exclude),
-                    "skip": list(opts.skip)},
-        "sources": {"inputs": [str(Path(p).resolve()) for p in inputs], "files": len(files),
-                    "bytes": sum(max(f.size, 0) for f in files), "file_kinds": kinds},
-        "splits": splits,
-        "shards": [r.as_dict() for r in records],
-        "bad_input": {"counts": dict(bad.counts), "examples": bad.examples},
-        "blank_lines": blank_lines,
-        "media": media.as_dict() if media is not None else None,
-    }
+    head = {"options": opts.as_dict(),
+            "sources": {"inputs": [str(Path(p).resolve()) for p in inputs], "files": len(files),
+                        "bytes": sum(max(f.size, 0) for f in files), "file_kinds": kinds},
+            "media": media.as_dict() if media is not None else None}
+    return Job(files, media, fingerprint(inputs, files, opts, media, tasks), plan_pieces(files, opts, media),
+               head)
+
+
+# --------------------------------------------------------------------------------------
+# Workers: read pieces and write their own shards
+# --------------------------------------------------------------------------------------
+
+
+def bad_line(bad: Bad) -> str:
+    return f"{bad.where}: {bad.message}"
+
+
+@dataclass
+class PieceResult:
+    """What a worker reports about one piece (the documents themselves went into its shards)."""
+
+    index: int
+    input_bytes: int
+    docs: int = 0
+    blank_lines: int = 0
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (kind, "where: message")
+
+
+class ShardWorker:
+    """Reads pieces and writes their documents into its own shard sequence (one writer per split;
+    worker ``w`` of ``workers`` takes shard indices w, w + workers, ...), hashing as it writes."""
+
+    def __init__(self, out_dir: Path, opts: PrepOptions, media: Optional[MediaSpec], task: Optional[int],
+                 worker: int = 0, workers: int = 1) -> None:
+        self.opts = opts
+        self.read_opts = ReadOptions(opts.text_field, opts.id_field, opts.max_sample_bytes, opts.doc_bytes,
+                                     media)
+        self.writers = {s: SplitWriter(out_dir, s, opts.shard_bytes, task=task, first_index=worker,
+                                       index_step=workers) for s in SPLITS}
+
+    def run(self, piece: Piece) -> PieceResult:
+        """Read one piece and write its documents; bad input raises :class:`PrepError` unless skipped."""
+        res = PieceResult(piece.index, piece.end - piece.start)
+        stats = ReadStats()
+        partial: Optional[Tuple[str, int]] = None  # (id, chunks written) of a document being streamed
+        for rec in read_piece(piece, self.read_opts, stats):
+            if isinstance(rec, Bad):
+                if partial is not None:
+                    raise PrepError(f"{bad_line(rec)} after {partial[1]} chunks of {partial[0]!r} were "
+                                    "written (cannot skip a partly written document)")
+                if rec.kind not in self.opts.skip:
+                    raise PrepError(f"{bad_line(rec)} (pass --skip {rec.kind} to skip such input)")
+                res.skipped.append((rec.kind, bad_line(rec)))
+                continue
+            partial = self._write(piece, rec)
+            res.docs += partial is None
+        res.blank_lines = stats.blank_lines
+        return res
+
+    def _write(self, piece: Piece, doc: Doc) -> Optional[Tuple[str, int]]:
+        """Write a document (or a part of one, at its offset); (id, chunks so far) while unfinished."""
+        opts = self.opts
+        doc_id = doc.doc_id if doc.doc_id is not None else hashlib.sha256(doc.data).hexdigest()
+        w = self.writers[piece.split or split_of(doc_id, opts.val_fraction, opts.test_fraction)]
+        chunks = max(1, -(-doc.total // opts.max_sample_bytes))
+        first = doc.offset // opts.max_sample_bytes  # parts of a streamed document are whole chunks
+        parts = split_payload(doc.data, opts.max_sample_bytes)
+        for c, part in enumerate(parts):
+            w.write_chunk(doc_id, first + c, chunks, part)
+        if doc.offset + len(doc.data) < doc.total:
+            return doc_id, first + len(parts)
+        w.end_document()
+        return None
+
+    def close(self) -> List[Dict[str, Any]]:
+        return [r.as_dict() for s in SPLITS for r in self.writers[s].close()]
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+
+def _worker_loop(args: Tuple[Any, ...], inbox: Any, outbox: Any) -> None:
+    """A worker process: pieces from ``inbox`` until None, results and finally records to ``outbox``."""
+    *make, w, workers = args
+    worker = ShardWorker(*make, worker=w, workers=workers)
+    try:
+        while (piece := inbox.get()) is not None:
+            outbox.put(("piece", w, worker.run(piece)))
+        outbox.put(("done", w, worker.close()))
+    except BaseException as err:
+        worker.abort()
+        outbox.put(("error", w, str(err) if isinstance(err, PrepError) else f"{type(err).__name__}: {err}"))
+
+
+# --------------------------------------------------------------------------------------
+# The main process of a task: hand out pieces, collect results, write the part
+# --------------------------------------------------------------------------------------
+
+
+class _Collector:
+    """Counts what the workers report, warns about skipped input, moves the progress bar."""
+
+    def __init__(self, bar: Any, warn: Any) -> None:
+        self.bar, self.warn = bar, warn
+        self.counts: Dict[str, int] = {k: 0 for k in BAD_KINDS}
+        self.examples: List[str] = []
+        self.docs = self.blank_lines = 0
+
+    def take(self, res: PieceResult) -> None:
+        self.docs += res.docs
+        self.blank_lines += res.blank_lines
+        for kind, line in res.skipped:
+            line += f" [{kind}]"
+            self.counts[kind] += 1
+            if len(self.examples) < MAX_EXAMPLES:
+                self.examples.append(line)
+            if self.counts[kind] <= MAX_WARNINGS:
+                self.warn(f"warning: skipped {line}")
+            elif self.counts[kind] == MAX_WARNINGS + 1:
+                self.warn(f"warning: further '{kind}' input is skipped silently here (counted in the "
+                          "manifest)")
+        self.bar.update(res.input_bytes)
+        self.bar.set_postfix(docs=self.docs, refresh=False)
+
+
+def _run_inline(pieces: List[Piece], make: Tuple[Any, ...], col: _Collector) -> List[Dict[str, Any]]:
+    worker = ShardWorker(*make)
+    try:
+        for piece in pieces:
+            col.take(worker.run(piece))
+        return worker.close()
+    except BaseException:
+        worker.abort()
+        raise
+
+
+def _run_parallel(pieces: List[Piece], make: Tuple[Any, ...], workers: int, col: _Collector
+                  ) -> List[Dict[str, Any]]:
+    """Each worker gets a fixed share of the pieces (balanced by bytes), so its shards hold the
+    same documents in the same order on every run with this worker count; the main process hands
+    each worker its next piece as one finishes (at most LOOK_AHEAD waiting, so memory stays
+    bounded) and only collects counts and shard records."""
+    import gc
+
+    import webdataset  # noqa: F401  # imported once here (it imports torch), not in every forked worker
+
+    gc.freeze()  # forked workers' collections skip the inherited objects (no copy-on-write storms)
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    inboxes, outbox = [ctx.Queue() for _ in range(workers)], ctx.Queue()
+    procs = [ctx.Process(target=_worker_loop, args=((*make, w, workers), inboxes[w], outbox), daemon=True)
+             for w in range(workers)]
+    todo = [iter(share_) for share_ in share(pieces, workers)]
+
+    def hand_out(w: int) -> None:  # the next piece of worker w, or None: it stops after its last
+        inboxes[w].put(next(todo[w], None))
+
+    finished, records = 0, []
+    try:
+        for w, p in enumerate(procs):
+            p.start()
+            for _ in range(LOOK_AHEAD):
+                hand_out(w)
+        while finished < workers:
+            try:
+                kind, w, payload = outbox.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise PrepError(f"a worker process died (exit code {dead[0]}); run the same command "
+                                    "again") from None
+                continue
+            if kind == "error":
+                raise PrepError(payload)
+            if kind == "done":
+                records += payload
+                finished += 1
+            else:
+                hand_out(w)
+                col.take(payload)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    return records
+
+
+def _run_task(job: Job, out_dir: Path, opts: PrepOptions, workers: int, progress: bool, task: int,
+              tasks: int) -> Dict[str, Any]:
+    """Prepare task ``task``'s share of the job; returns its part (written after its shards)."""
+    from tqdm import tqdm
+
+    tag = task if tasks > 1 else None
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the directory no longer names every shard
+    part_path(out_dir, task, tasks).unlink(missing_ok=True)
+    remove_stale(out_dir, task=tag)  # this task's shards and temporary files from an earlier try
+    pieces = share(job.pieces, tasks)[task]
+    task_bytes = sum(p.end - p.start for p in pieces)
+    bar = tqdm(total=task_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+               desc="prep" if tasks == 1 else f"prep {task}/{tasks}", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    col = _Collector(bar, lambda msg: tqdm.write(msg, file=sys.stderr))
+    make = (out_dir, opts, job.media, tag)
+    try:
+        workers = max(1, min(workers, len(pieces)))
+        records = (_run_inline(pieces, make, col) if workers == 1
+                   else _run_parallel(pieces, make, workers, col))
+    finally:
+        bar.close()
+    part = {"format": "megabyte-shards-part", "fingerprint": job.fingerprint, "task": task, "tasks": tasks,
+            "job": job.head, "shards": sorted(records, key=lambda r: r["name"]),
+            "pieces": len(pieces), "input_bytes": task_bytes, "docs": col.docs,
+            "bad_input": {"counts": col.counts, "examples": col.examples}, "blank_lines": col.blank_lines}
+    write_part(out_dir, part)
+    return part
+
+
+def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptions(), workers: int = 1,
+            progress: bool = True, files: Optional[List[InputFile]] = None, tasks: int = 1, task: int = 0
+            ) -> Dict[str, Any]:
+    """Prepare task ``task`` of ``tasks`` (all of it by default) of sharding ``inputs`` into
+    ``out_dir``, merging the parts when it is the last to finish; returns a summary (see the
+    module docstring). ``files`` (from :func:`collect_inputs`) may be passed to reuse a listing."""
+    opts.check()
+    if not 0 <= task < tasks:
+        raise PrepError(f"--task {task} is not in 0..{tasks - 1} (--tasks {tasks})")
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    job = plan_job(inputs, opts, files, tasks)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = finished_manifest(out_dir, job.fingerprint, "bytes")
+    if existing is not None:
+        return _summary(existing, out_dir, "unchanged", time.perf_counter() - t0, task=task, tasks=tasks)
+    part = finished_part(out_dir, job.fingerprint, task, tasks)
+    status = "unchanged"
+    if part is None:
+        part = _run_task(job, out_dir, opts, workers, progress, task, tasks)
+        status = "written"
+    manifest = try_merge(out_dir, tasks, job.fingerprint)
+    merged = manifest is not None
+    return _summary(manifest if merged else build_manifest([part]), out_dir, status,
+                    time.perf_counter() - t0, part["input_bytes"] if status == "written" else None,
+                    task=task, tasks=tasks, merged=merged)
 
 
 def _summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: float,
-             input_bytes: Optional[int] = None) -> Dict[str, Any]:
+             input_bytes: Optional[int] = None, task: int = 0, tasks: int = 1, merged: bool = True
+             ) -> Dict[str, Any]:
+    """The JSON result of a task: the merged dataset's counts, or this task's when not merged yet."""
     out = {"status": status, "output": str(out_dir), "manifest": str(out_dir / MANIFEST),
            "input_files": manifest["sources"]["files"], "input_bytes": manifest["sources"]["bytes"],
-           "seconds": round(seconds, 3),
+           "seconds": round(seconds, 3), "task": task, "tasks": tasks, "merged": merged,
            "splits": {s: {k: v[k] for k in ("docs", "bytes", "samples", "shards")}
                       for s, v in manifest["splits"].items()},
            "bad_input": manifest["bad_input"]["counts"], "media": manifest.get("media")}
@@ -633,12 +557,23 @@ def add_prep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip files whose relative path, name or a parent directory matches (repeatable)")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-    p.add_argument("--id-field", default=None, help="JSONL field holding a document id (default: file:line)")
+    p.add_argument("--id-field", default=None,
+                   help="JSONL field / Parquet column holding a document id (default: the text's sha256)")
     p.add_argument("--shard-bytes", type=parse_size, default=64 << 20, help="target shard size (64MiB)")
     p.add_argument("--max-sample-bytes", type=parse_size, default=16 << 20,
                    help="larger documents are stored as numbered chunks of this size (16MiB)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for val (0.05)")
-    p.add_argument("--test-fraction", type=float, default=0.0, help="share of documents for test (0)")
+    p.add_argument("--doc-bytes", type=parse_size, default=None, metavar="N",
+                   help="cut raw and decompressed files into documents of about N bytes, ending at the last "
+                        "newline within N (a longer line is cut at N); ids <file id>@<offset>")
+    p.add_argument("--split", choices=SPLIT_RULES, default="hash",
+                   help="hash (default): each document by a hash of its id; contiguous: the last "
+                        "val+test fraction of the bytes (inputs in sorted id order) are val, then test")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of documents (--split contiguous: of bytes) for val (0.05)")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="share for test (0)")
+    p.add_argument("--piece-bytes", type=parse_size, default=16 << 20,
+                   help="large files are cut into pieces of work of this size (16MiB; with --doc-bytes "
+                        "it also fixes where documents may end, so it is part of the fingerprint)")
     p.add_argument("--order", choices=["hash", "sorted"], default="hash",
                    help="file order in the shards: by a hash of the id (mixes shards; default) or sorted")
     p.add_argument("--max-bytes", type=parse_size, default=None, help="stop after this many input bytes")
@@ -692,12 +627,34 @@ def inputs_and_options(args: argparse.Namespace) -> Tuple[List[Path], PrepOption
                        max_bytes=args.max_bytes, include=include, exclude=exclude, skip=skip,
                        media=args.media, image_size=args.image_size, image_fit=args.image_fit,
                        pixel_order=args.pixel_order, audio_format=args.audio_format,
-                       audio_sample_rate=args.audio_sample_rate)
+                       audio_sample_rate=args.audio_sample_rate, doc_bytes=args.doc_bytes,
+                       split=args.split, piece_bytes=args.piece_bytes)
     opts.check()
     return inputs, opts
 
 
+def task_index(task: Optional[int], tasks: int) -> int:
+    """--task, else $SLURM_ARRAY_TASK_ID (a Slurm array of --array=0-(N-1)), else 0; checked."""
+    if tasks < 1:
+        raise PrepError(f"--tasks must be >= 1, got {tasks}")
+    if task is None:
+        env = os.environ.get("SLURM_ARRAY_TASK_ID")
+        if env is None:
+            task = 0
+        elif not env.strip().isdigit():
+            raise PrepError(f"SLURM_ARRAY_TASK_ID={env!r} is not a task index; pass --task I")
+        else:
+            task = int(env)
+    if not 0 <= task < tasks:
+        raise PrepError(f"task {task} is not in 0..{tasks - 1} (--tasks {tasks}; submit the array as "
+                        f"--array=0-{tasks - 1})")
+    return task
+
+
 def describe(summary: Dict[str, Any]) -> str:
+    if not summary.get("merged", True):
+        return (f"{summary['status']}: task {summary['task']} of {summary['tasks']} in {summary['output']} "
+                "(the last task to finish writes the manifest)")
     return f"{summary['status']}: {summary['output']}: " + ", ".join(
         f"{k} {v['docs']} docs / {v['bytes'] / 1e6:.1f} MB / {v['shards']} shards"
         for k, v in summary["splits"].items())
@@ -709,10 +666,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, required=True, help="output directory (shards + manifest.json)")
     add_prep_args(p)
+    j = p.add_argument_group("job arrays (see above)")
+    j.add_argument("--tasks", type=int, default=1, metavar="N",
+                   help="the job has N tasks (default 1: everything, one manifest at the end)")
+    j.add_argument("--task", type=int, default=None, metavar="I",
+                   help="this task's index, 0..N-1 (default: $SLURM_ARRAY_TASK_ID, else 0)")
     args = p.parse_args(argv)
     try:
         inputs, opts = inputs_and_options(args)
-        summary = prepare(inputs, args.output, opts, workers=args.workers, progress=not args.no_progress)
+        task = task_index(args.task, args.tasks)
+        summary = prepare(inputs, args.output, opts, workers=args.workers, progress=not args.no_progress,
+                          tasks=args.tasks, task=task)
     except (PrepError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,24 +26,27 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from data_prep.bytes import PrepError, add_prep_args, describe, inputs_and_options, prepare
-from data_prep.shards import ManifestError, ShardError, atomic_write_bytes, iter_documents, read_manifest
+from data_prep.shards import ManifestError, ShardError, atomic_write_bytes, read_manifest
 
 
-def train_tokenizer(dataset: Path, prefix: Path, vocab_size: int, model_type: str, sample_lines: int
-                    ) -> Dict[str, Any]:
-    """Train ``prefix.model`` on the train split unless one from the same data and options exists."""
+def train_tokenizer(dataset: Path, prefix: Path, vocab_size: int, model_type: str, sample_lines: int,
+                    max_bytes: Optional[int] = None, progress: bool = False) -> Dict[str, Any]:
+    """Train ``prefix.model`` on about ``max_bytes`` (default ``TRAINING_SAMPLE_BYTES``) drawn across
+    the whole train split (:func:`~data_prep.tokenizer.sample_train_documents`), unless one from
+    the same data and options exists."""
     from dataclasses import asdict
 
-    from data_prep.tokenizer import train_sentencepiece
+    from data_prep.tokenizer import TRAINING_SAMPLE_BYTES, sample_train_documents, train_sentencepiece
 
+    max_bytes = max_bytes or TRAINING_SAMPLE_BYTES
     want = {"source_fingerprint": read_manifest(dataset)["fingerprint"], "vocab_size": vocab_size,
-            "model_type": model_type, "sample_lines": sample_lines}
+            "model_type": model_type, "sample_lines": sample_lines, "sample_bytes": max_bytes}
     record = Path(f"{prefix}.json")
     if record.is_file() and Path(f"{prefix}.model").is_file():
         old = json.loads(record.read_text())
         if {k: old.get(k) for k in want} == want:
             return {**old, "status": "unchanged"}
-    docs = (payload for _, payload in iter_documents(dataset, "train"))
+    docs = sample_train_documents(dataset, max_bytes, progress=progress)
     stats = train_sentencepiece(docs, prefix, vocab_size, model_type, sample_lines)
     out = {"model": f"{prefix}.model", **want, **asdict(stats)}
     atomic_write_bytes(record, (json.dumps(out, indent=2) + "\n").encode())

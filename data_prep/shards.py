@@ -22,6 +22,7 @@ and written only after every shard is in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -30,15 +31,18 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from data_prep.atomic import atomic_write_bytes  # the project's one atomic writer; re-exported
+from data_prep.remote import Location, RemoteError, is_remote, join, open_stream
 
 FORMAT = "megabyte-shards"
 VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
+# ``train-000012.tar``; a prep job of several tasks (``--tasks``) names its shards by task too,
+# ``train-t0003-000012.tar``, so tasks never collide (no dots: webdataset splits names at dots).
+SHARD_RE = re.compile(r"^(?P<split>train|val|test)-(?:t(?P<task>\d{4,})-)?(?P<index>\d{6})\.tar$")
 PAYLOAD_EXT = {"bytes": "bin", "tokens": "ids"}
 
 
@@ -50,8 +54,18 @@ class ManifestError(ValueError):
     """A dataset directory without a usable manifest (message names the directory)."""
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def shard_name(split: str, index: int, task: Optional[int] = None) -> str:
+    """``{split}-{index:06d}.tar``, or ``{split}-t{task:04d}-{index:06d}.tar`` for one task of a job."""
+    return f"{split}-{index:06d}.tar" if task is None else f"{split}-t{task:04d}-{index:06d}.tar"
+
+
+def parse_shard_name(name: str) -> Optional[Tuple[str, Optional[int], int]]:
+    """(split, task or None, index) of a shard name of ours; None for any other name."""
+    m = SHARD_RE.match(name)
+    if m is None:
+        return None
+    task = m.group("task")
+    return m.group("split"), None if task is None else int(task), int(m.group("index"))
 
 
 MAX_CHUNKS = 99_999
@@ -90,21 +104,25 @@ def write_manifest(out_dir: Path, manifest: Dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(directory: Path) -> Dict[str, Any]:
-    """The manifest of a prepared dataset, checked for format and version."""
-    path = Path(directory) / MANIFEST
-    if not Path(directory).is_dir():
+def read_manifest(directory: Location) -> Dict[str, Any]:
+    """The manifest of a prepared dataset, checked for format and version. ``directory`` may be
+    a local directory or a remote location (URL, ``pipe:``; see :mod:`data_prep.remote`)."""
+    path = join(directory, MANIFEST)
+    if not is_remote(directory) and not Path(directory).is_dir():
         raise ManifestError(f"{directory}: not a directory")
     try:
-        text = path.read_text("utf-8")
+        with open_stream(path) as f:
+            raw = f.read()
     except FileNotFoundError:
         raise ManifestError(f"{directory}: no {MANIFEST} (not a prepared dataset, or its preparation "
                             "did not finish; run python -m data_prep.bytes)") from None
+    except RemoteError as err:
+        raise ManifestError(f"{err} (no readable {MANIFEST}: not a prepared dataset?)") from None
     except OSError as err:
         raise ManifestError(f"{path}: cannot read: {err.strerror or err}") from None
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as err:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{path}: not a {FORMAT} manifest")
@@ -146,15 +164,28 @@ def shard_records(manifest: Dict[str, Any], split: str) -> List[Dict[str, Any]]:
     return [s for s in manifest["shards"] if s["split"] == split]
 
 
-def remove_stale(out_dir: Path, keep: Tuple[str, ...] = ()) -> List[str]:
-    """Delete leftover temporary files, and shard files of ours not named in ``keep``."""
+_ALL = object()
+
+
+def remove_stale(out_dir: Path, keep: Tuple[str, ...] = (), task: Any = _ALL,
+                 manifest_temps: bool = True) -> List[str]:
+    """Delete leftover temporary files, and shard files of ours not named in ``keep``.
+
+    ``task`` (an int, or None for shards named without a task) limits this to the shards and
+    temporary shard files of one task of a job; ``manifest_temps=False`` leaves temporary
+    manifest files alone (another process may be writing the same manifest at the same time).
+    Files that vanish meanwhile are fine: two processes may clean up at once.
+    """
     removed = []
     for path in Path(out_dir).iterdir():
         name = path.name
-        ours_tmp = name.startswith(".") and name.endswith(".tmp") and (
-            SHARD_RE.match(name[1:].split(".tar.", 1)[0] + ".tar") or name.startswith(f".{MANIFEST}."))
-        if ours_tmp or (SHARD_RE.match(name) and name not in keep):
-            path.unlink()
+        is_tmp = name.startswith(".") and name.endswith(".tmp")
+        parsed = parse_shard_name(name[1:].split(".tar.", 1)[0] + ".tar" if is_tmp else name)
+        if task is not _ALL and (parsed is None or parsed[1] != task):
+            continue
+        ours_tmp = is_tmp and (parsed is not None or (manifest_temps and name.startswith(f".{MANIFEST}.")))
+        if ours_tmp or (not is_tmp and parsed is not None and name not in keep):
+            path.unlink(missing_ok=True)
             removed.append(name)
     return removed
 
@@ -212,6 +243,8 @@ class SplitWriter:
     target_bytes: int
     kind: str = "bytes"
     first_index: int = 0
+    task: Optional[int] = None  # a job's task: shards named by task (see shard_name)
+    index_step: int = 1  # parallel writers of one task take interleaved indices
     records: List[ShardRecord] = field(default_factory=list)
     doc_index: int = 0
 
@@ -228,7 +261,7 @@ class SplitWriter:
     def _open(self) -> None:
         import webdataset as wds
 
-        name = shard_name(self.split, self._index)
+        name = shard_name(self.split, self._index, self.task)
         self._tmp = self.out_dir / f".{name}.tmp"
         self._file = open(self._tmp, "wb")
         self._hashing = _HashingFile(self._file)
@@ -280,7 +313,7 @@ class SplitWriter:
         os.replace(self._tmp, self.out_dir / rec.name)
         self.records.append(rec)
         self._tar = self._file = self._hashing = self._rec = self._tmp = None
-        self._index += 1
+        self._index += self.index_step
 
     def close(self) -> List[ShardRecord]:
         self._close()
@@ -323,8 +356,8 @@ class Sample:
     payload: bytes
 
 
-def iter_shard_raw(path: Path, kind: str = "bytes", verify: bool = True, payload_only: bool = False
-                   ) -> Iterator[Tuple[int, str, bytes, bytes]]:
+def iter_shard_raw(path: Location, kind: str = "bytes", verify: bool = True, payload_only: bool = False,
+                   stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, str, bytes, bytes]]:
     """(index, key, payload, JSON metadata bytes) of every sample of one shard, in stored order.
 
     Reads with webdataset's tar iterator (``webdataset.tariterators.tar_file_iterator``, the reader
@@ -334,15 +367,19 @@ def iter_shard_raw(path: Path, kind: str = "bytes", verify: bool = True, payload
     header, truncated or missing member, crc32 mismatch) raises :class:`ShardError` naming the shard
     and the sample. ``payload_only`` (the training loader's fast path, which needs only what the
     key holds) skips the ``.json`` members without reading them and yields ``b""`` for them.
+
+    ``path`` may be remote (:func:`data_prep.remote.open_stream` opens it; the tar is read as a
+    stream, so the checks are the same); an opener error (HTTP status, failing command) is a
+    :class:`ShardError` naming the location. ``stream``: read this open file instead of opening
+    ``path`` (the caller closes it; ``data_prep.verify`` passes a hashing reader).
     """
     from webdataset.tariterators import tar_file_iterator
 
-    path = Path(path)
     ext = "." + PAYLOAD_EXT[kind]
     index, key, payload = 0, "", None
     select = (lambda name: name.endswith(ext)) if payload_only else None
     try:
-        with open(path, "rb") as f:
+        with (open_stream(path) if stream is None else contextlib.nullcontext(stream)) as f:
             for member in tar_file_iterator(f, skip_meta=None, select_files=select):
                 fname = member["fname"]
                 cut = fname.find(".")
@@ -373,6 +410,10 @@ def iter_shard_raw(path: Path, kind: str = "bytes", verify: bool = True, payload
                 raise ShardError(f"shard {path}: sample {index} ({key}): missing member .json (truncated)")
     except ShardError:
         raise
+    except RemoteError as err:  # the message names the location (webdataset may append " @ file")
+        raise ShardError(f"shard {str(err).split(' @ ')[0]}") from None
+    except FileNotFoundError:
+        raise ShardError(f"shard {path}: listed in the manifest but missing") from None
     except Exception as err:  # tarfile / IO errors come in many types
         after = f"after sample {index - 1}" if index else "before the first sample"
         msg = str(err).split(" @ ")[0] or type(err).__name__
@@ -380,14 +421,14 @@ def iter_shard_raw(path: Path, kind: str = "bytes", verify: bool = True, payload
                          f"{type(err).__name__}: {msg}") from None
 
 
-def _key_crc(path: Path, index: int, key: str) -> int:
+def _key_crc(path: Location, index: int, key: str) -> int:
     try:
         return int(key[key.rindex("_") + 1:], 16)
     except ValueError:
         raise ShardError(f"shard {path}: sample {index} ({key}): key without a crc32") from None
 
 
-def iter_shard(path: Path, kind: str = "bytes", verify: bool = True) -> Iterator[Sample]:
+def iter_shard(path: Location, kind: str = "bytes", verify: bool = True) -> Iterator[Sample]:
     """Samples of one shard with parsed metadata (see :func:`iter_shard_raw`)."""
     for index, key, payload, meta_json in iter_shard_raw(path, kind, verify):
         try:
@@ -401,7 +442,7 @@ def iter_shard(path: Path, kind: str = "bytes", verify: bool = True) -> Iterator
         yield Sample(key, index, meta, payload)
 
 
-def iter_shard_documents(path: Path, kind: str = "bytes", samples: Optional[int] = None,
+def iter_shard_documents(path: Location, kind: str = "bytes", samples: Optional[int] = None,
                          verify: bool = True) -> Iterator[Tuple[str, bytes, Dict[str, Any]]]:
     """(document id, payload, metadata of the first chunk) of every document of one shard, chunked
     documents rebuilt; ``samples`` (the manifest's count) is checked at the end."""
@@ -427,13 +468,13 @@ def iter_shard_documents(path: Path, kind: str = "bytes", samples: Optional[int]
                          "(truncated or replaced shard)")
 
 
-def iter_documents(directory: Path, split: str, manifest: Optional[Dict[str, Any]] = None,
+def iter_documents(directory: Location, split: str, manifest: Optional[Dict[str, Any]] = None,
                    verify: bool = True) -> Iterator[Tuple[str, bytes]]:
-    """(document id, payload) of every document of ``split`` in stored order (shards by name, the
-    order they were written in), chunked documents rebuilt, sample counts checked."""
-    directory = Path(directory)
+    """(document id, payload) of every document of ``split`` in stored order (shards in manifest
+    order, the order they were written in), chunked documents rebuilt, sample counts checked.
+    ``directory`` may be remote (see :mod:`data_prep.remote`)."""
     manifest = manifest or read_manifest(directory)
     for rec in shard_records(manifest, split):
-        for doc_id, payload, _ in iter_shard_documents(directory / rec["name"], manifest["kind"],
+        for doc_id, payload, _ in iter_shard_documents(join(directory, rec["name"]), manifest["kind"],
                                                        rec["samples"], verify):
             yield doc_id, payload

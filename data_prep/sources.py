@@ -82,18 +82,19 @@ class InputFile:
 
     path: str
     doc_id: str
-    kind: str  # 'raw' (whole file = one document), 'jsonl' or 'jsonl.gz' (one document per line)
+    kind: str  # how it is read: see file_kind
     size: int
     mtime_ns: int
 
 
 def file_kind(name: str) -> str:
-    """'jsonl' / 'jsonl.gz' by extension; anything else (text, code, images, audio) is 'raw'."""
+    """How a file is read, by its extension: 'jsonl', 'jsonl.gz', 'jsonl.zst' (one document per
+    line), 'parquet' (one per row), 'gz' / 'zst' (decompressed bytes), else 'raw' (the file's bytes:
+    text, code, images, audio, anything)."""
     low = name.lower()
-    if low.endswith(".jsonl.gz"):
-        return "jsonl.gz"
-    if low.endswith(".jsonl"):
-        return "jsonl"
+    for ext in ("jsonl.gz", "jsonl.zst", "jsonl", "parquet", "gz", "zst"):
+        if low.endswith("." + ext):
+            return ext
     return "raw"
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 MAX_SENTENCE_BYTES = 4192  # SentencePiece's default max_sentence_length
+TRAINING_SAMPLE_BYTES = 20_000_000  # default byte cap of the training sample of a dataset
+READ_FACTOR = 8  # a shard is read at most this many times past the documents it gives the sample
 
 
 @dataclass
@@ -87,10 +89,76 @@ def training_lines(documents: Iterable[bytes], stats: TokenizerStats,
                 yield line
 
 
+def sample_train_documents(dataset: Any, max_bytes: int = TRAINING_SAMPLE_BYTES, seed: int = 0,
+                           progress: bool = False) -> Iterator[bytes]:
+    """About ``max_bytes`` of documents drawn across the WHOLE train split of a prepared dataset
+    (``dataset``: a directory or any location :mod:`data_prep.remote` opens), not its first bytes.
+
+    The rule, a pure function of the manifest and ``seed``:
+
+    1. ``f = min(1, max_bytes / train bytes)``; ``n = max(1, round(f * D))`` documents are drawn,
+       ``D`` being the split's document count (the manifest's per-shard ``docs``).
+    2. Systematic sample over the split's documents in manifest order: document ``floor((j + u) *
+       D / n)`` for ``j < n``, ``u`` uniform in [0, 1) from ``seed``. So every part of the split,
+       first shard to last, is represented in proportion to its documents; with ``n >= `` the
+       shard count every shard contributes.
+    3. Within a shard given ``q`` documents, they are taken at a seeded stride (offset from
+       ``seed`` and the shard's name) from its first ``min(docs, READ_FACTOR * q)`` documents, so
+       the bytes read stay within about ``READ_FACTOR`` times the sample; and a shard stops once
+       it gave its share of ``max_bytes`` (its bytes / train bytes), after at least one document.
+       The sample thus stays under ``max_bytes`` plus one document per contributing shard.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from data_prep.remote import join
+    from data_prep.shards import iter_shard_documents, read_manifest, shard_records
+
+    manifest = read_manifest(dataset)
+    recs = [r for r in shard_records(manifest, "train") if r["docs"] > 0]
+    total_docs, total_bytes = sum(r["docs"] for r in recs), sum(r["bytes"] for r in recs)
+    if not recs:
+        return
+    n = max(1, round(min(1.0, max_bytes / max(total_bytes, 1)) * total_docs))
+    u = random.Random(f"sample:{seed}").random()
+    drawn = np.floor((np.arange(n) + u) * (total_docs / n)).astype(np.int64)
+    starts = np.cumsum([0] + [r["docs"] for r in recs])
+    picks = np.bincount(np.searchsorted(starts, drawn, side="right") - 1, minlength=len(recs))
+    bar = tqdm(total=int((picks > 0).sum()), desc="tokenizer sample: shards", unit="shard",
+               disable=not progress, file=sys.stderr)
+    for rec, q in zip(recs, picks.tolist()):
+        if q == 0:
+            continue
+        window = min(rec["docs"], READ_FACTOR * q)
+        offset = random.Random(f"sample:{seed}:{rec['name']}").random()
+        chosen = {int((j + offset) * window / q) for j in range(q)}
+        budget, given = max_bytes * rec["bytes"] / max(total_bytes, 1), 0
+        docs = iter_shard_documents(join(dataset, rec["name"]), manifest["kind"], rec["samples"])
+        last = max(chosen)
+        for i, (_, payload, _) in enumerate(docs):
+            if i not in chosen:
+                if i > last:
+                    break
+                continue
+            if given >= budget:  # its share given (the last document may cross it)
+                break
+            given += len(payload)
+            yield payload
+        docs.close()
+        bar.update(1)
+    bar.close()
+
+
 def train_sentencepiece(documents: Iterable[bytes], output_prefix: Path, vocab_size: int = 8000,
                         model_type: str = "bpe", sample_lines: int = 2_000_000,
                         seed: int = 0) -> TokenizerStats:
-    """Train ``{output_prefix}.model`` / ``.vocab`` on a shuffled sample of the documents' lines."""
+    """Train ``{output_prefix}.model`` / ``.vocab`` on a shuffled sample of the documents' lines,
+    with one SentencePiece thread per CPU (``os.cpu_count()``).
+
+    ``documents`` are all used (lines reservoir-sampled down to ``sample_lines``); to train on a
+    prepared dataset pass :func:`sample_train_documents`, which draws about a byte cap's worth
+    across the whole train split (every shard contributes) instead of its first bytes.
+    """
     import sentencepiece as spm
 
     stats = TokenizerStats()
@@ -114,7 +182,7 @@ def train_sentencepiece(documents: Iterable[bytes], output_prefix: Path, vocab_s
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
         allow_whitespace_only_pieces=True, max_sentence_length=MAX_SENTENCE_BYTES,
         input_sentence_size=sample_lines, shuffle_input_sentence=True, character_coverage=1.0,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, hard_vocab_limit=False, num_threads=2,
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, hard_vocab_limit=False, num_threads=os.cpu_count() or 1,
         minloglevel=2)
     return stats
 
@@ -149,11 +217,13 @@ def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: 
     """
     import numpy as np
 
-    from data_prep.shards import SplitWriter, iter_shard_documents, split_payload
+    from data_prep.shards import SplitWriter, iter_shard_documents, parse_shard_name, split_payload
 
     vocab = _vocab(model_path)
     np_dtype = np.dtype("<u2") if dtype == "uint16" else np.dtype("<u4")
-    writer = SplitWriter(Path(out_dir), split, target_bytes=1 << 62, kind="tokens", first_index=first_index)
+    task = parse_shard_name(name)[1]  # type: ignore[index]  # same name as the byte shard, task included
+    writer = SplitWriter(Path(out_dir), split, target_bytes=1 << 62, kind="tokens", first_index=first_index,
+                         task=task)
     skipped: List[str] = []
     non_utf8: List[str] = []
     read = 0
@@ -235,7 +305,7 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         m = SHARD_RE.match(rec["name"])
         assert m is not None
         tasks.append((str(Path(dataset) / rec["name"]), str(out_dir), rec["name"], rec["split"],
-                      int(m.group(2)), str(model_path), dtype, max_sample, skip_invalid_utf8,
+                      int(m.group("index")), str(model_path), dtype, max_sample, skip_invalid_utf8,
                       rec["samples"]))
     records, skipped, non_utf8 = _run_tasks(tasks, workers, sum(r["bytes"] for r in src["shards"]),
                                             progress)
@@ -341,8 +411,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="directory of text files to train on (default: Python's stdlib .py files)")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    parser.add_argument("--max-bytes", type=int, default=20_000_000,
-                        help="read at most this many corpus bytes for training")
+    parser.add_argument("--max-bytes", type=int, default=TRAINING_SAMPLE_BYTES,
+                        help="train on about this many corpus bytes (with --dataset: drawn across the "
+                             "whole train split, every shard contributing; see sample_train_documents)")
     parser.add_argument("--sample-lines", type=int, default=2_000_000,
                         help="train on a random sample of at most this many lines")
     parser.add_argument("--tokens-output", type=Path, default=None,
@@ -355,7 +426,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from data_prep.shards import ManifestError, ShardError, atomic_write_bytes, iter_documents
+    from data_prep.shards import ManifestError, ShardError, atomic_write_bytes
     from data_prep.sources import list_files, read_documents, stdlib_dir, stdlib_files
 
     if args.tokens_output is not None and args.dataset is None:
@@ -365,9 +436,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary: Dict[str, Any] = {}
     try:
         if args.output is not None:
-            if args.dataset is not None:
-                docs: Iterable[bytes] = (data for _, data in iter_documents(args.dataset, "train"))
-                capped = _cap(docs, args.max_bytes)
+            if args.dataset is not None:  # drawn across the whole train split, not its first bytes
+                capped: Iterable[bytes] = sample_train_documents(args.dataset, args.max_bytes,
+                                                                 progress=not args.no_progress)
                 source = str(args.dataset)
             else:
                 root = args.input or stdlib_dir()
@@ -390,15 +461,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(json.dumps(summary))
     return 0
-
-
-def _cap(docs: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
-    total = 0
-    for d in docs:
-        yield d
-        total += len(d)
-        if total >= max_bytes:
-            return
 
 
 if __name__ == "__main__":

@@ -273,3 +273,89 @@ def test_trainer_resumes_bit_for_bit_from_a_checkpoint_on_shards(dataset, tmp_pa
     resumed = run("part")
     assert [h["step"] for h in resumed] == [4, 5, 6]
     assert [h["loss"] for h in resumed] == [h["loss"] for h in full[3:]]
+
+
+def _counting(log: Path, tag: str, fn):
+    """``fn`` that first appends ``<pid> <tag> <location>`` to ``log`` (shared by forked workers)."""
+    import os
+
+    def wrapper(location, *args, **kw):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {tag} {location}\n")
+        return fn(location, *args, **kw)
+    return wrapper
+
+
+def _count_reads(monkeypatch, log: Path) -> None:
+    import data_prep.shards
+    import pretrain.data.shard_loader
+
+    monkeypatch.setattr(data_prep.shards, "open_stream", _counting(log, "open", data_prep.shards.open_stream))
+    monkeypatch.setattr(pretrain.data.shard_loader, "size_of",
+                        _counting(log, "size", pretrain.data.shard_loader.size_of))
+
+
+def test_workers_get_dataset_metadata_from_the_parent_never_rereading(dataset, tmp_path, monkeypatch):
+    import os
+
+    log = tmp_path / "reads.log"
+    _count_reads(monkeypatch, log)
+    ld = loader(dataset, lanes=2, num_workers=2)
+    take(ld, 6)
+    ld.close()
+    lines = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    manifests = [pid for pid, tag, where in lines if where.endswith("manifest.json")]
+    sizes = [pid for pid, tag, where in lines if tag == "size"]
+    shard_reads = {pid for pid, tag, where in lines if tag == "open" and where.endswith(".tar")}
+    assert manifests == [str(os.getpid())]  # the parent's one read
+    assert len(sizes) == len(read_manifest(dataset)["shards"]) - 1  # train shards, once (one is val)
+    assert len(shard_reads) == 2 and str(os.getpid()) not in shard_reads  # the workers did read shards
+
+
+def _rank_main(rank: int, tmp: str, dataset: str) -> None:
+    """One of two gloo ranks: build the data, count what this rank read, write it down."""
+    import json
+
+    import pytest
+    import torch.distributed as dist
+
+    from pretrain.data.shard_loader import once_per_job
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
+    log = Path(tmp) / f"reads{rank}.log"
+    log.touch()
+    with pytest.MonkeyPatch.context() as mp:
+        _count_reads(mp, log)
+        cfg = load_config(CONFIG_DIR / "debug.yaml", ["data.source=shards", f"data.datasets=[{dataset}]",
+                                                     f"model.seq_len={T}", "data.val_bytes=2000"])
+        data = build_data(cfg, ByteVocab(), B, dp_rank=rank, dp_size=2)
+        reads_at_start = log.read_text().splitlines()
+        batch = data.train.next_batch()
+
+    def fail() -> None:
+        raise ValueError("rank 0 could not read")
+    try:
+        once_per_job(fail)
+        error = ""
+    except ValueError as err:
+        error = str(err)
+    dist.destroy_process_group()
+    (Path(tmp) / f"rank{rank}.json").write_text(json.dumps({
+        "reads": reads_at_start, "batch": batch.tolist(), "val": data.val_text.hex(), "error": error}))
+
+
+def test_rank0_reads_manifests_and_val_text_other_ranks_get_them(dataset, tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    # fork: the ranks inherit the imports (spawn would import torch twice more, seconds each)
+    mp.start_processes(_rank_main, args=(str(tmp_path), str(dataset)), nprocs=2, join=True,
+                       start_method="fork")
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    manifest_reads = [[line for line in g["reads"] if line.endswith("manifest.json")] for g in got]
+    assert len(manifest_reads[0]) == 1 and got[1]["reads"] == []  # rank 1 read nothing at start-up
+    assert got[0]["val"] == got[1]["val"] != ""
+    assert got[0]["error"] == got[1]["error"] == "rank 0 could not read"
+    for r in (0, 1):  # the batches of a single-process loader at the same DP coordinates
+        assert got[r]["batch"] == loader(dataset, dp_rank=r, dp_size=2, seed=1234).next_batch().tolist()

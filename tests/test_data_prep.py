@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.bytes import PrepError, PrepOptions, prepare
+from data_prep.merge import split_digests
 from data_prep.shards import (
     MANIFEST,
     iter_documents,
@@ -29,10 +31,16 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 OPTS = PrepOptions(shard_bytes=16_384, max_sample_bytes=8192, val_fraction=0.2, test_fraction=0.1)
 
 
+def content_ids(expected: dict) -> dict:
+    """make_corpus names JSONL records file:line; data_prep.bytes names them by the sha256 of their
+    text (so a record's split does not depend on where it sits in a dump)."""
+    return {(hashlib.sha256(v).hexdigest() if ".jsonl" in k else k): v for k, v in expected.items()}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    return root, make_corpus(root)
+    return root, content_ids(make_corpus(root))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +55,8 @@ def all_documents(out: Path) -> dict:
     docs = {}
     for split in ("train", "val", "test"):
         for doc_id, payload in iter_documents(out, split):
-            assert doc_id not in docs, f"{doc_id} in two places"
+            # Identical JSONL records share their content-hash id (and so their split).
+            assert docs.get(doc_id, (split, payload)) == (split, payload), f"{doc_id} in two places"
             docs[doc_id] = (split, payload)
     return docs
 
@@ -100,10 +109,16 @@ def test_splits_are_deterministic_disjoint_and_independent_of_workers(prepared, 
     assert set().union(*by_split.values()) == set(expected)
     for doc_id, (split, _) in docs.items():
         assert split == split_of(doc_id, OPTS.val_fraction, OPTS.test_fraction)
-    # Parallel workers give byte-identical shards.
+    # Parallel workers (each writing its own shards) give the same documents per split.
     root, _ = corpus
     prepare([root], tmp_path, OPTS, workers=2, progress=False)
-    a, b = read_manifest(out), read_manifest(tmp_path)
+    assert split_digests(tmp_path) == split_digests(out)
+    counts = [{s: (v["docs"], v["bytes"], v["samples"]) for s, v in read_manifest(d)["splits"].items()}
+              for d in (tmp_path, out)]
+    assert counts[0] == counts[1]  # (shard counts may differ: each worker fills its own)
+    # With the same worker count, the shards are byte-identical (each worker has a fixed share).
+    prepare([root], tmp_path / "again", OPTS, workers=2, progress=False)
+    a, b = read_manifest(tmp_path), read_manifest(tmp_path / "again")
     assert [(r["name"], r["sha256"]) for r in a["shards"]] == [(r["name"], r["sha256"]) for r in b["shards"]]
 
 

@@ -432,7 +432,8 @@ prepare:
      "prepare[0].args: a job array needs --output DIR"),
     ("prepare:\n  - module: data_prep.bytes\n    tasks: 2\n    args: [--output=o, --task, '1']\n"
      "    creates: x\n", "--tasks / --task / --workers are set by the array"),
-    ("prepare:\n  - module: data_prep.bytes\n    tasks: 0\n    creates: x\n", "prepare[0].tasks: must be >= 1"),
+    ("prepare:\n  - module: data_prep.bytes\n    tasks: 0\n    creates: x\n",
+     "prepare[0].tasks: must be >= 1"),
 ])
 def test_sweep_file_errors(tmp_path, body, expected):
     with pytest.raises(ConfigError) as info:

@@ -327,6 +327,60 @@ prepare:
     assert not hits, f"an injected command ran: {hits}"
 
 
+def test_data_prep_as_a_four_task_array_equals_one_task_and_a_rerun_redoes_only_the_failed_task(
+        cluster, tmp_path):
+    """A sweep's data_prep.bytes step with ``tasks: 4``: a 4-task array, then a merge job. Task 2
+    is made to fail (a directory where its part manifest goes: its disk write fails), so the
+    merge job never runs and no manifest exists; submitting again redoes task 2 only, and the
+    merged dataset has the same documents per split as a one-task run."""
+    from data_prep.merge import split_digests
+    from data_prep.sources import stdlib_files
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in stdlib_files()[:120]:
+        shutil.copy(f, corpus / f"{len(list(corpus.iterdir())):03d}_{f.name}")
+    (corpus / "book.txt").write_bytes(b"".join(f.read_bytes() for f in stdlib_files()[120:160]))
+    args = ["--shard-bytes", "256K", "--val-fraction", "0.1", "--doc-bytes", "64K", "--no-progress"]
+    ref, out = tmp_path / "one_task", tmp_path / "array"
+    cluster.run(sys.executable, "-m", "data_prep.bytes", str(corpus), "--output", str(ref), *args,
+                timeout=300)
+    sweep = tmp_path / "prep.yaml"
+    sweep.write_text(f"""job_name: prep-array
+output_dir: {json.dumps(str(tmp_path / 'launch'))}
+prepare:
+  - module: data_prep.bytes
+    tasks: 4
+    cpus: 1
+    args: {json.dumps([str(corpus), "--output", str(out), *args])}
+    creates: {json.dumps(str(out / 'manifest.json'))}
+""")
+    blocker = out / "parts" / "part-00002-of-00004.json"
+    blocker.mkdir(parents=True)
+    sub = cluster.submit("--sweep", str(sweep), "slurm.time=00:10:00")
+    array = sub["prepare_jobs"][0]
+    tasks = cluster.wait(array["job_id"], count=4, timeout=240)
+    states = {int(t["ArrayTaskId"]): t["JobState"] for t in tasks}
+    logs = {i: read_log(array["log"].replace("%a", str(i))) for i in range(4)}
+    assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "FAILED", 3: "COMPLETED"}, logs
+    assert "part-00002-of-00004.json" in logs[2], logs[2]
+    (merge,) = cluster.wait(sub["prepare_job_id"], timeout=120)
+    assert merge["JobState"] != "COMPLETED" and not (out / "manifest.json").exists()
+    blocker.rmdir()
+    sub = cluster.submit("--sweep", str(sweep), "slurm.time=00:10:00")
+    array = sub["prepare_jobs"][0]
+    tasks = cluster.wait(array["job_id"], count=4, timeout=240)
+    logs = {i: read_log(array["log"].replace("%a", str(i))) for i in range(4)}
+    assert {t["JobState"] for t in tasks} == {"COMPLETED"}, logs
+    (merge,) = cluster.wait(sub["prepare_job_id"], timeout=120)
+    assert merge["JobState"] == "COMPLETED", read_log(sub["prepare_log"])
+    status = {i: json.loads([ln for ln in logs[i].splitlines() if ln.startswith("{")][-1])["status"]
+              for i in range(4)}
+    assert status == {0: "unchanged", 1: "unchanged", 2: "written", 3: "unchanged"}, status
+    assert split_digests(out) == split_digests(ref)
+    assert json.loads((out / "manifest.json").read_text())["splits"]["val"]["docs"] > 0
+
+
 # --------------------------------------------------------------------------------------------
 # pretrain.compare --slurm: waiting for the job array (no cluster: fake job states)
 # --------------------------------------------------------------------------------------------

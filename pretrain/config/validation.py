@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_prep.remote import is_remote
 from pretrain.config.schema import INIT_RECIPES, Config, ConfigError
 
 
@@ -89,7 +90,8 @@ def _validate_data(cfg: Config) -> None:
         _check(len(d.datasets) > 0, "data.datasets", "required when data.source=shards "
                "(directories made by python -m data_prep.bytes)")
         for i, ds in enumerate(d.datasets):
-            _check(Path(str(ds), "manifest.json").is_file(), f"data.datasets[{i}]",
+            # A URL or pipe: command is checked when the loader reads its manifest.
+            _check(is_remote(str(ds)) or Path(str(ds), "manifest.json").is_file(), f"data.datasets[{i}]",
                    f"no manifest.json in {ds} (prepare it with python -m data_prep.bytes)")
         _check(not d.weights or len(d.weights) == len(d.datasets), "data.weights",
                f"{len(d.weights)} weights for {len(d.datasets)} datasets")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Protocol
+from typing import Any, Dict, List, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from data_prep.shards import ManifestError, ShardError, sha256_file
 from data_prep.vocab import Vocab
 from pretrain.config import Config, ConfigError
 from pretrain.data.memory import WindowSampler, load_corpus
-from pretrain.data.shard_loader import Dataset, ShardLoader, open_dataset, read_val_text
+from pretrain.data.shard_loader import Dataset, ShardLoader, once_per_job, open_dataset, read_val_text
 
 
 class BatchSource(Protocol):
@@ -57,13 +57,20 @@ def build_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: int = 
 
 def open_datasets(cfg: Config, vocab: Vocab) -> List[Dataset]:
     """The configured datasets, checked against the vocabulary (byte shards for ``bytes``; token
-    shards made with the same tokenizer file for ``sentencepiece``)."""
+    shards made with the same tokenizer file for ``sentencepiece``).
+
+    In a distributed job rank 0 reads the manifests (and stats the shards) and sends the result,
+    or the error, to the other ranks (:func:`once_per_job`): every rank must call this."""
+    return once_per_job(lambda: _open_datasets(cfg, vocab))
+
+
+def _open_datasets(cfg: Config, vocab: Vocab) -> List[Dataset]:
     out = []
     for i, path in enumerate(cfg.data.datasets):
         key = f"data.datasets[{i}]"
         try:
             ds = open_dataset(path)
-        except (ManifestError, ShardError) as err:
+        except (ManifestError, ShardError, OSError) as err:
             raise ConfigError(f"config error: {key}: {err}") from None
         if vocab.kind == "bytes" and ds.kind != "bytes":
             raise ConfigError(f"config error: {key}: {path} holds {ds.kind} shards but model.vocab=bytes "
@@ -87,13 +94,22 @@ def build_shard_data(cfg: Config, vocab: Vocab, micro_batch_size: int, dp_rank: 
                      dp_size: int = 1) -> TrainData:
     """``data.source=shards``: the deterministic, resumable shard loader plus held-out text."""
     d = cfg.data
-    datasets = open_datasets(cfg, vocab)
-    weights = list(d.weights) or [1.0] * len(datasets)
+
+    def read() -> Tuple[List[Dataset], bytes]:
+        datasets = _open_datasets(cfg, vocab)
+        return datasets, read_val_text(datasets, _weights(cfg, datasets), d.val_bytes, vocab)
+
+    # Rank 0 reads manifests and validation text; the other ranks get them (one message).
+    datasets, val = once_per_job(read)
+    weights = _weights(cfg, datasets)
     loader = ShardLoader(datasets, weights, cfg.model.seq_len, micro_batch_size, cfg.train.seed,
                          vocab.eos_id, vocab.pad_id, vocab.vocab_size, dp_rank, dp_size, d.lanes,
                          d.num_workers, d.skip_bad_shards)
-    val = read_val_text(datasets, weights, d.val_bytes, vocab)
     return TrainData(loader, val, loader.bytes_per_unit, loader.describe())
+
+
+def _weights(cfg: Config, datasets: List[Dataset]) -> List[float]:
+    return list(cfg.data.weights) or [1.0] * len(datasets)
 
 
 def validation_text(cfg: Config, vocab: Vocab, n_bytes: int) -> bytes:
@@ -102,5 +118,5 @@ def validation_text(cfg: Config, vocab: Vocab, n_bytes: int) -> bytes:
     building the training stream."""
     if cfg.data.source == "shards":
         datasets = open_datasets(cfg, vocab)
-        return read_val_text(datasets, list(cfg.data.weights) or [1.0] * len(datasets), n_bytes, vocab)
+        return read_val_text(datasets, _weights(cfg, datasets), n_bytes, vocab)
     return load_corpus(cfg.data).val[:n_bytes]

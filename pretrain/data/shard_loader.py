@@ -33,6 +33,14 @@ rank and worker reads only its own streams. Otherwise the stream is still exact,
 also reads (and drops) sequences meant for others; a warning says so. ``data.lanes=0`` picks
 ``dp * max(W, 1)`` at the first start; the state keeps it, so later resumes at another DP size
 continue the same global stream.
+
+**Where shards live.** A dataset is a local directory or a remote prefix (``http(s)://``,
+``pipe:COMMAND``, ``s3://``/``gs://`` through fsspec): shard locations are the manifest's names
+appended to it, and everything is read through :func:`data_prep.remote.open_stream`, with the same
+crc32 checks and the same exact resume (in a stream, a resume inside a shard reads and drops the
+ids before its position). **Start-up.** Manifests are read (and local shards stat'ed) once per
+job: by global rank 0, then sent to the other ranks (:func:`once_per_job`); DataLoader workers
+get the :class:`Dataset` objects, metadata included, inside the pickled worker dataset.
 """
 
 from __future__ import annotations
@@ -43,13 +51,15 @@ import heapq
 import json
 import logging
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
 
+from data_prep.remote import is_remote, join, size_of
 from data_prep.shards import ShardError, read_manifest, shard_records
 
 log = logging.getLogger("pretrain")
@@ -94,19 +104,25 @@ class Dataset:
 
 
 def open_dataset(path: str | Path, split: str = "train") -> Dataset:
-    """Read a dataset's manifest; every shard of ``split`` must exist with its recorded size."""
-    path = Path(path)
+    """Read a dataset's manifest; every local shard of ``split`` must exist with its recorded size.
+
+    ``path`` may be remote (a URL or ``pipe:`` command, see :mod:`data_prep.remote`): shard
+    locations are then the manifest's names appended to it, and their sizes are not asked for
+    (one request per shard); a missing or damaged remote shard is named when it is read
+    (``python -m data_prep.verify`` checks them all up front).
+    """
+    path = str(path) if is_remote(path) else str(Path(path))
     manifest = read_manifest(path)
     kind = manifest["kind"]
     dtype = PAYLOAD_DTYPES["uint8"] if kind == "bytes" else PAYLOAD_DTYPES[manifest["dtype"]]
     shards = []
     for rec in shard_records(manifest, split):
-        p = path / rec["name"]
+        p = join(path, rec["name"])
         try:
-            size = p.stat().st_size
+            size = size_of(p)
         except OSError:
             raise ShardError(f"shard {p}: listed in the manifest but missing") from None
-        if size != rec["file_bytes"]:
+        if size is not None and size != rec["file_bytes"]:
             raise ShardError(f"shard {p}: {size} bytes on disk but the manifest says "
                              f"{rec['file_bytes']} (truncated or replaced)")
         if rec["tokens"] + rec["docs"] > 0:
@@ -114,8 +130,40 @@ def open_dataset(path: str | Path, split: str = "train") -> Dataset:
     if not shards:
         raise ShardError(f"{path}: no {split} shards with data")
     ident = json.dumps([kind, [(r["name"], r["sha256"]) for r in shard_records(manifest, split)]])
-    return Dataset(str(path), kind, dtype, tuple(shards), hashlib.sha256(ident.encode()).hexdigest()[:16],
+    return Dataset(path, kind, dtype, tuple(shards), hashlib.sha256(ident.encode()).hexdigest()[:16],
                    manifest)
+
+
+T = TypeVar("T")
+
+
+def once_per_job(read: Callable[[], T]) -> T:
+    """``read()`` run by global rank 0 only, its result (or its exception) sent to every rank.
+
+    Without an initialized process group (one process, or before the launcher set one up) this
+    is just ``read()``. Every rank must call it at the same point, as with any collective. So a
+    job of N ranks reads each manifest and stats each shard once, not N times; DataLoader workers
+    get the result inside the pickled dataset object (see :class:`_WorkerSequences`).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return read()
+    box: List[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", read())
+        except Exception as err:  # sent on, so the other ranks raise it too instead of hanging
+            try:
+                pickle.dumps(err)
+            except Exception:  # an error that cannot travel goes as its message
+                err = RuntimeError(f"{type(err).__name__}: {err}")
+            box[0] = ("error", err)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
@@ -273,8 +321,8 @@ class StreamReader:
         from data_prep.shards import iter_shard_raw
 
         dtype, done, samples = self.dataset.payload_dtype, 0, 0
-        try:
-            for index, key, payload, _ in iter_shard_raw(Path(shard.path), self.dataset.kind,
+        try:  # a remote shard is a stream: a resume inside it reads and drops what comes before
+            for index, key, payload, _ in iter_shard_raw(shard.path, self.dataset.kind,
                                                          payload_only=True):
                 arr = np.frombuffer(payload, dtype=dtype)
                 _, chunk, chunks, _ = key.split("_")
@@ -344,9 +392,10 @@ class StreamReader:
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """Everything a worker process needs to produce its part of a rank's sequences."""
+    """Everything a worker process needs to produce its part of a rank's sequences (the datasets
+    travel with it, metadata included, so a worker never reads a manifest or stats a shard)."""
 
-    dataset_paths: Tuple[str, ...]
+    datasets: Tuple[Dataset, ...]
     weights: Tuple[float, ...]
     lanes: int
     seq_len: int
@@ -411,8 +460,8 @@ class _WorkerSequences(torch.utils.data.IterableDataset):
 
 
 def build_plan(spec: StreamSpec) -> StreamLayout:
-    return StreamLayout([open_dataset(p) for p in spec.dataset_paths], spec.weights, spec.lanes, spec.seq_len,
-                spec.seed)
+    """The layout of ``spec``'s stream (pure computation on metadata the spec carries)."""
+    return StreamLayout(list(spec.datasets), spec.weights, spec.lanes, spec.seq_len, spec.seed)
 
 
 # --------------------------------------------------------------------------------------
@@ -451,7 +500,7 @@ class ShardLoader:
 
     def _set_lanes(self, lanes: int) -> None:
         self.lanes = lanes
-        self.spec = StreamSpec(tuple(d.path for d in self.datasets), tuple(self.weights), lanes,
+        self.spec = StreamSpec(tuple(self.datasets), tuple(self.weights), lanes,
                                self.seq_len, self.seed, self.eos, self.pad, self.dtype, self.skip_bad)
         self.plan = StreamLayout(self.datasets, self.weights, lanes, self.seq_len, self.seed)
         width = self.dp_size * max(self.num_workers, 1)
@@ -583,7 +632,7 @@ def read_val_text(datasets: Sequence[Dataset], weights: Sequence[float], n_bytes
     for i, (d, w) in enumerate(zip(datasets, weights)):
         want = n_bytes - len(out) if i == len(datasets) - 1 else round(n_bytes * w / total)
         got = bytearray()
-        for _, payload in iter_documents(Path(d.path), split, d.manifest):
+        for _, payload in iter_documents(d.path, split, d.manifest):
             if d.kind == "tokens":
                 ids = np.frombuffer(payload, dtype=d.payload_dtype)
                 got += vocab.decode(ids.tolist())
