@@ -1,12 +1,15 @@
 """Model FLOPs utilization of MEGABYTE's training step, overall and per level.
 
-``python bench/bench_mfu.py [--device cpu|cuda] [--sizes tiny,small] [--seq-len 4096]``
+``python bench/bench_mfu.py [--device cpu|cuda] [--sizes tiny,small] [--seq-len 4096] [--compile]``
 
-MFU = (training FLOPs per byte from the paper's formulas) x (bytes per second) / peak. The peak
-is measured in the same run on CPU (best of several large fp32 matmuls with the same threads) and
-is the device's dense bf16 peak on GPU. The global and local models are also timed on their own
-(forward + backward of each stack on inputs of the shapes the full model feeds them), because the
-local model dominates FLOPs. One JSON object on stdout.
+MFU = (training FLOPs per byte of the work actually done, ``executed_flops_per_byte``: causal
+attention at its real key counts) x (bytes per second) / peak; the paper's count is reported
+beside it. The peak is the one the trainer uses (:func:`pretrain.runtime.perf.shared_peak`: the
+best square matmul in the run's dtype, measured once in this process) raised to the best FLOP/s
+any measurement of this run achieved, so no MFU can exceed 1 (:class:`MFUMeter`). The global and
+local models are also timed on their own (forward + backward of each stack on inputs of the shapes
+the full model feeds them), because the local model dominates FLOPs. ``--compile`` compiles the
+model (and the stacks timed alone) with torch.compile first. One JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -15,56 +18,57 @@ import argparse
 import sys
 from typing import Any, Dict
 
-from common import emit, machine, make_model, model_config, params, table, timed
+from common import (emit, machine, make_model, model_config, optimizer_name, params, table, timed,
+                    training_step)
 
 import torch  # noqa: E402
 
-from pretrain.model.losses import lm_loss  # noqa: E402
-from pretrain.model import flops_per_byte  # noqa: E402
-from pretrain.runtime.perf import cpu_matmul_peak, gpu_peak_flops  # noqa: E402
-
-
-def stack_flops(dim: int, layers: int, context: int, mlp_ratio: int) -> float:
-    """Training FLOPs per position of a stack (3x forward; the paper's per-layer formula)."""
-    return 3 * layers * 2 * ((4 + 2 * mlp_ratio) * dim * dim + 2 * dim * context)
+from pretrain.model.flops import flops_breakdown  # noqa: E402
+from pretrain.runtime.compile import compile_model  # noqa: E402
+from pretrain.runtime.perf import MFUMeter, dtype_name, gpu_peak_flops, shared_peak  # noqa: E402
 
 
 def measure(size: str, seq_len: int, batch: int, device: torch.device, dtype: torch.dtype,
-            peak: float, repeats: int, budget: float) -> Dict[str, Any]:
+            repeats: int, budget: float, backend: str) -> Dict[str, Any]:
+    """Seconds and achieved FLOP/s (work done) of the full step and of each stack alone."""
     cfg = model_config("megabyte", size, seq_len)
     model = make_model(cfg, device, dtype)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 256, (batch, seq_len), device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        lm_loss(model(ids), ids).backward()
-        opt.step()
-
-    full = timed(step, device, 1, repeats, budget)["seconds"]
-    total_flops = flops_per_byte(cfg, 256, training=True) * batch * seq_len
+    full = timed(training_step(model, ids, backend or None), device, 1, repeats, budget)
+    n_bytes = batch * seq_len
+    work = flops_breakdown(cfg, 256, training=True, count="executed")
+    paper = flops_breakdown(cfg, 256, training=True, count="paper")
     P, K = cfg.patch_size, seq_len // cfg.patch_size
     g, loc = cfg.global_model, cfg.local_model
     g_in = torch.randn(batch, K, g.dim, device=device, dtype=dtype, requires_grad=True)
     l_in = torch.randn(batch * K, P, loc.dim, device=device, dtype=dtype, requires_grad=True)
+    levels = {}
+    for level, stack, x in (("global", model.global_model, g_in), ("local", model.local_model, l_in)):
+        if backend:
+            compile_model(stack, device, backend)
+        def run_stack(stack: torch.nn.Module = stack, x: torch.Tensor = x) -> None:
+            stack(x).float().square().mean().backward()
 
-    def run_global() -> None:
-        model.global_model(g_in).float().square().mean().backward()
-
-    def run_local() -> None:
-        model.local_model(l_in).float().square().mean().backward()
-
-    t_global = timed(run_global, device, 1, repeats, budget)["seconds"]
-    t_local = timed(run_local, device, 1, repeats, budget)["seconds"]
-    global_flops = stack_flops(g.dim, g.layers, K, cfg.mlp_ratio) * batch * K
-    local_flops = stack_flops(loc.dim, loc.layers, P, cfg.mlp_ratio) * batch * K * P
+        t = timed(run_stack, device, 1, repeats, budget)["seconds"]
+        levels[level] = {"share_of_flops": work[level] / sum(work.values()), "seconds": t,
+                         "achieved_flops": work[level] * n_bytes / t}
     return {"size": size, "seq_len": seq_len, "batch": batch, "params": params(model),
-            "seconds_per_step": full, "bytes_per_s": batch * seq_len / full,
-            "mfu": total_flops / full / peak,
-            "global": {"share_of_flops": global_flops / total_flops, "seconds": t_global,
-                       "mfu": global_flops / t_global / peak},
-            "local": {"share_of_flops": local_flops / total_flops, "seconds": t_local,
-                      "mfu": local_flops / t_local / peak}}
+            "seconds_per_step": full["seconds"], "first_step_seconds": full["first_seconds"],
+            "bytes_per_s": n_bytes / full["seconds"],
+            "train_flops_per_byte": sum(paper.values()),
+            "executed_train_flops_per_byte": sum(work.values()),
+            "achieved_flops": sum(work.values()) * n_bytes / full["seconds"], **levels}
+
+
+def add_mfu(results: list, meter: MFUMeter) -> None:
+    """MFU of every measurement against the meter's final peak (raised by all of them first)."""
+    for r in results:
+        for x in (r, r["global"], r["local"]):
+            meter.observe(x["achieved_flops"])
+    for r in results:
+        for x in (r, r["global"], r["local"]):
+            x["mfu"] = x["achieved_flops"] / meter.peak
+        r["mfu_paper_count"] = r["train_flops_per_byte"] * r["bytes_per_s"] / meter.peak
 
 
 def main() -> None:
@@ -76,6 +80,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per measurement")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    ap.add_argument("--backend", default="inductor", help="torch.compile backend with --compile")
     ap.add_argument("--fast", action="store_true", help="tiny model, short context")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
@@ -87,28 +93,25 @@ def main() -> None:
     batch = args.batch or (8 if cuda else 1)
     if args.fast:
         sizes, seq_len, batch, args.repeats, args.budget = ["tiny"], 512, 1, 2, 10.0
-    if cuda:
-        peak = gpu_peak_flops(torch.cuda.get_device_name(device)) or 0.0
-        peak_source = "table (dense bf16)"
-        if not peak:
-            sys.exit(f"unknown GPU {torch.cuda.get_device_name(device)}: add its peak to "
-                     "pretrain/perf.py")
-    else:
-        peak = max(cpu_matmul_peak(2048, 5, dtype) for _ in range(2))
-        peak_source = "measured: best 2048^3 matmul, same threads"
-    rows, results = [], []
-    for size in sizes:
-        r = measure(size, seq_len, batch, device, dtype, peak, args.repeats, args.budget)
-        results.append(r)
-        rows.append([size, f"{r['params'] / 1e6:.1f}M", seq_len, f"{r['bytes_per_s']:.0f}",
-                     f"{r['mfu']:.1%}", f"{r['global']['mfu']:.1%} ({r['global']['share_of_flops']:.0%})",
-                     f"{r['local']['mfu']:.1%} ({r['local']['share_of_flops']:.0%})"])
-    print(f"peak {peak / 1e12:.3f} TFLOP/s ({peak_source})", file=sys.stderr)
-    print(table(rows, ["size", "params", "T", "bytes/s", "MFU", "global MFU (FLOP share)",
-                       "local MFU (FLOP share)"]), file=sys.stderr)
-    emit({"benchmark": "mfu", "device": args.device, "dtype": str(dtype).replace("torch.", ""),
-          "peak_flops": peak, "peak_source": peak_source, "machine": machine(),
-          "results": results}, args.output)
+    probe = shared_peak(device, dtype)  # before the models: the same probe the trainer runs
+    meter = MFUMeter(probe, dtype)
+    backend = args.backend if args.compile else ""
+    results = [measure(s, seq_len, batch, device, dtype, args.repeats, args.budget, backend)
+               for s in sizes]
+    add_mfu(results, meter)
+    rows = [[r["size"], f"{r['params'] / 1e6:.1f}M", seq_len, f"{r['bytes_per_s']:.0f}",
+             f"{r['mfu']:.1%}", f"{r['mfu_paper_count']:.1%}",
+             f"{r['global']['mfu']:.1%} ({r['global']['share_of_flops']:.0%})",
+             f"{r['local']['mfu']:.1%} ({r['local']['share_of_flops']:.0%})"] for r in results]
+    print(f"{meter.describe()}; probe {probe / 1e9:.1f} GFLOP/s; "
+          f"{'compiled (' + backend + ')' if backend else 'eager'}", file=sys.stderr)
+    print(table(rows, ["size", "params", "T", "bytes/s", "MFU (work done)", "MFU (paper count)",
+                       "global MFU (FLOP share)", "local MFU (FLOP share)"]), file=sys.stderr)
+    emit({"benchmark": "mfu", "device": args.device, "dtype": dtype_name(dtype),
+          "compile": backend or None, "optimizer": optimizer_name(device),
+          "peak_flops": meter.peak, "peak_probe_flops": probe, "peak_source": meter.describe(),
+          "datasheet_peak_flops": gpu_peak_flops(torch.cuda.get_device_name(device)) if cuda else None,
+          "machine": machine(), "results": results}, args.output)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from pretrain.config import ModelConfig, StackConfig  # noqa: E402
+from pretrain.config import ModelConfig, OptimConfig, StackConfig  # noqa: E402
 from pretrain.model import build_model, count_params  # noqa: E402
+from pretrain.model.losses import lm_loss  # noqa: E402
+from pretrain.runtime.compile import compile_model  # noqa: E402
+from pretrain.training.optim import build_optimizer  # noqa: E402
 from data_prep.vocab import ByteVocab  # noqa: E402
 
 VOCAB = ByteVocab()
@@ -48,6 +51,28 @@ def make_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> to
     return model.to(device=device, dtype=dtype)
 
 
+def training_step(model: torch.nn.Module, ids: torch.Tensor, compile_backend: Optional[str] = None
+                  ) -> Callable[[], None]:
+    """One training step as the trainer takes it (forward, loss, backward, the trainer's AdamW:
+    fused on GPU, multi-tensor on CPU), with the model's forward compiled first when
+    ``compile_backend`` is given (compilation then happens in the first, warm-up call)."""
+    if compile_backend:
+        compile_model(model, ids.device, compile_backend)
+    opt = build_optimizer(model, OptimConfig(lr=1e-4))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model(ids), ids).backward()
+        opt.step()
+
+    return step
+
+
+def optimizer_name(device: torch.device) -> str:
+    """How :func:`training_step`'s AdamW runs on ``device`` (reported in the JSON)."""
+    return "AdamW fused" if device.type == "cuda" else "AdamW foreach"
+
+
 def params(model: torch.nn.Module) -> int:
     return count_params(model)
 
@@ -65,23 +90,28 @@ def sync(device: torch.device) -> None:
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int,
           budget_s: float) -> Dict[str, Any]:
-    """Median seconds of ``fn`` over up to ``repeats`` calls after ``warmup`` calls, stopping
-    early once ``budget_s`` is spent (at least one timed call is always made)."""
-    t_start = time.perf_counter()
-    times = []
-    for i in range(warmup + repeats):
+    """Median seconds of ``fn`` over up to ``repeats`` calls after ``warmup`` untimed calls,
+    stopping early once ``budget_s`` is spent on timed calls (at least one is always made, so
+    a slow warm-up, e.g. compilation, never becomes the reported time). ``first_seconds`` is the
+    first call's time (with a compiled model: compilation included)."""
+    first = None
+    for _ in range(warmup):
         t0 = time.perf_counter()
         fn()
         sync(device)
-        dt = time.perf_counter() - t0
-        if i >= warmup or i == warmup + repeats - 1:
-            times.append(dt)
+        first = time.perf_counter() - t0 if first is None else first
+    t_start = time.perf_counter()
+    times = []
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
         if time.perf_counter() - t_start > budget_s:
             break
-    if not times:
-        times = [dt]
+    first = times[0] if first is None else first
     times.sort()
-    return {"seconds": times[len(times) // 2], "repeats": len(times)}
+    return {"seconds": times[len(times) // 2], "repeats": len(times), "first_seconds": first}
 
 
 def peak_memory_gb(device: torch.device) -> Optional[float]:

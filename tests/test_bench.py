@@ -12,6 +12,7 @@ import pytest
 
 from data_prep.vocab import ByteVocab
 from pretrain.model import flops_per_byte
+from pretrain.model.flops import executed_flops_per_byte
 from tests.conftest import ROOT
 
 VOCAB = ByteVocab()
@@ -62,11 +63,16 @@ def test_bench_throughput_fast():
             # bytes/s is the bytes of one step over the median step time.
             assert close(r["bytes_per_s"], r["batch"] * T / r["seconds_per_step"]), r
             assert r["train_flops_per_byte"] == flops_per_byte(cfg, 256, training=True)
+            assert r["executed_train_flops_per_byte"] == executed_flops_per_byte(cfg, 256, training=True)
             assert r["params"] - r["block_params"] == non_block_params(cfg), r
         mb, tf = point["megabyte"], point["transformer"]
         assert close(point["measured_ratio"], mb["bytes_per_s"] / tf["bytes_per_s"])
         assert close(point["flops_ratio"], tf["train_flops_per_byte"] / mb["train_flops_per_byte"])
         assert close(point["efficiency"], point["measured_ratio"] / point["flops_ratio"])
+        # efficiency_causal: the same measured ratio over the ratio of the work actually done.
+        assert close(point["executed_flops_ratio"], tf["executed_train_flops_per_byte"]
+                     / mb["executed_train_flops_per_byte"])
+        assert close(point["efficiency_causal"], point["measured_ratio"] / point["executed_flops_ratio"])
         # Fewer FLOPs per byte for MEGABYTE, and its advantage grows with the context.
         assert point["flops_ratio"] > 1
     short, long = out["points"]
@@ -79,37 +85,50 @@ def test_bench_throughput_fast():
     assert abs(mb["block_params"] - tf["block_params"]) / mb["block_params"] < 0.05
 
 
-def test_bench_mfu_fast():
-    out = run_bench("bench/bench_mfu.py", "--fast")
+def check_mfu_output(out: dict) -> None:
+    """bench_mfu's JSON: MFU = work-done FLOP/s over one shared peak, which is the matmul probe
+    raised to the best FLOP/s achieved in the run, so no MFU exceeds 1."""
     peak = out["peak_flops"]
-    assert peak > 0 and [r["size"] for r in out["results"]] == ["tiny"]
+    assert 0 < out["peak_probe_flops"] <= peak
     r = out["results"][0]
     cfg = bench_common().model_config("megabyte", r["size"], r["seq_len"])
-    fpb = flops_per_byte(cfg, 256, training=True)
+    fpb = executed_flops_per_byte(cfg, 256, training=True)
+    assert r["train_flops_per_byte"] == flops_per_byte(cfg, 256, training=True) > fpb
     n_bytes = r["batch"] * r["seq_len"]
     assert close(r["bytes_per_s"], n_bytes / r["seconds_per_step"])
-    # MFU = achieved model FLOP/s / peak FLOP/s, and it cannot exceed 1.
     assert close(r["mfu"], fpb * r["bytes_per_s"] / peak)
-    assert 0 < r["mfu"] < 1
+    assert close(r["mfu_paper_count"], r["train_flops_per_byte"] * r["bytes_per_s"] / peak)
+    achieved = [r["achieved_flops"], r["global"]["achieved_flops"], r["local"]["achieved_flops"]]
+    assert peak == max([out["peak_probe_flops"], *achieved])
     for level in ("global", "local"):
         x = r[level]
         assert close(x["mfu"], x["share_of_flops"] * fpb * n_bytes / x["seconds"] / peak), level
-    # The level shares by hand (3x forward; the paper's per-layer cost), and with the rest of
-    # the step (w_GL projection and tied output head) they add up to the whole.
+    assert all(0 < m <= 1 for m in (r["mfu"], r["global"]["mfu"], r["local"]["mfu"]))
+    # The level shares by hand (3x forward, causal attention at its mean key count), and with
+    # the rest of the step (w_GL projection and tied output head) they add up to the whole.
     P, K = cfg.patch_size, cfg.seq_len // cfg.patch_size
     g, loc = cfg.global_model, cfg.local_model
     D_G = g.dim // P
 
-    def layer(dim: int, ctx: int) -> int:
-        return 2 * ((4 + 2 * cfg.mlp_ratio) * dim * dim + 2 * dim * ctx)
+    def layer(dim: int, keys: float) -> float:
+        return 2 * ((4 + 2 * cfg.mlp_ratio) * dim * dim + 2 * dim * keys)
 
-    global_share = 3 * g.layers * layer(g.dim, K) / P / fpb
-    local_share = 3 * loc.layers * layer(loc.dim, P) / fpb
+    global_share = 3 * g.layers * layer(g.dim, (K + 1) / 2) / P / fpb
+    local_share = 3 * loc.layers * layer(loc.dim, (P + 1) / 2) / fpb
     rest_share = 3 * (2 * D_G * loc.dim + 2 * loc.dim * 256) / fpb
     assert close(r["global"]["share_of_flops"], global_share)
     assert close(r["local"]["share_of_flops"], local_share)
     assert close(r["global"]["share_of_flops"] + r["local"]["share_of_flops"] + rest_share, 1.0)
     assert r["local"]["share_of_flops"] > r["global"]["share_of_flops"]  # local dominates
+
+
+def test_bench_mfu_fast():
+    out = run_bench("bench/bench_mfu.py", "--fast")
+    assert [r["size"] for r in out["results"]] == ["tiny"] and out["compile"] is None
+    assert out["optimizer"] == "AdamW foreach"  # the trainer's CPU AdamW
+    assert out["peak_source"].startswith("peak ") and (
+        "(fp32 matmul, measured)" in out["peak_source"] or "above the matmul probe" in out["peak_source"])
+    check_mfu_output(out)
 
 
 def test_bench_generation_fast():
@@ -145,6 +164,9 @@ def test_bench_help(script):
 def test_gpu_script_smoke_on_cpu(tmp_path):
     out = run_bench("bench/gpu_bench.py", "--smoke", "--output", str(tmp_path / "gpu.json"))
     assert [r.get("benchmark") for r in out["runs"]] == ["throughput", "mfu", "generation"]
+    compiled = out["runs"][1]  # the smoke's MFU run takes the compiled path
+    assert compiled["compile"] == "aot_eager"
+    check_mfu_output(compiled)
     assert json.loads((tmp_path / "gpu.json").read_text())["smoke"] is True
 
 

@@ -171,6 +171,13 @@ class TrainConfig:
     init_continue: bool = False
     """With ``init_from``: also continue the export's step, LR schedule, bytes seen and data
     position (a reshard to another layout) instead of starting at step 0 (a new run)."""
+    compile: bool = False
+    """torch.compile the model's forward (training, evaluation; cached generation stays eager),
+    in the single-process loop and under DeepSpeed. The compilation time is logged once; a
+    machine where it cannot work (CPU inductor without a C compiler) fails with a one-line error."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with ``compile=true``: ``inductor`` (generated kernels) or
+    ``aot_eager`` (traces and runs eager kernels: for debugging, no compiler needed)."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from pretrain.model.losses import bits_per_byte, token_nll
+from pretrain.runtime.compile import compile_model
 
 MODES = ("basic", "sliding", "strided", "sliding_strided")
 
@@ -136,15 +137,19 @@ def evaluate_bytes(model: torch.nn.Module, text: bytes, vocab, seq_len: int, mod
                    patch_size: Optional[int] = None, stride: Optional[int] = None,
                    batch_size: int = 8, progress: bool = False,
                    autocast_dtype: Optional[torch.dtype] = None, share: Tuple[int, int] = (0, 1),
-                   reduce: Optional[Callable[[Dict[str, float]], Dict[str, float]]] = None
-                   ) -> Dict[str, float]:
+                   reduce: Optional[Callable[[Dict[str, float]], Dict[str, float]]] = None,
+                   compile_backend: Optional[str] = None) -> Dict[str, float]:
     """Bits per byte of ``model`` over every byte of ``text`` in ``mode``.
 
     The text is encoded with ``vocab`` (identity for bytes, SentencePiece for the subword model);
     the divisor is always ``len(text)`` in bytes. Data-parallel scoring: each rank passes its
     ``share`` (see :func:`score_ids`) and a ``reduce`` that sums ``nats`` and ``positions`` over
-    the ranks (the model code stays free of collectives).
+    the ranks (the model code stays free of collectives). ``compile_backend`` (e.g. ``inductor``)
+    compiles the model's forward in place first, unless it already is (a ``train.compile`` run's
+    model): full windows share one graph, a shorter last window adds one.
     """
+    if compile_backend is not None and getattr(model, "_compiled_call_impl", None) is None:
+        compile_model(model, next(model.parameters()).device, compile_backend)
     ids = torch.tensor(vocab.encode(text), dtype=torch.long)
     windows = window_plan_for(mode, len(ids), seq_len, patch_size, stride)
     out = score_ids(model, ids, windows, batch_size, progress, autocast_dtype, share)

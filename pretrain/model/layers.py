@@ -106,7 +106,9 @@ class Attention(nn.Module):
         N, L, _ = x.shape
         hd = self.head_dim
         qkv = self.qkv(x).view(N, L, -1, 3, hd)  # (N, L, H, 3, hd); H = local heads under TP
-        q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))  # each (N, H, L, hd)
+        # unbind, not three indexings: its backward stacks the three gradients into one tensor,
+        # where each index's backward zero-fills a full (N, L, H, 3, hd) tensor and adds them up.
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # each (N, H, L, hd)
         fresh = (k, v)
         keys, values = k, v
         if prefix_fn is not None:

@@ -25,10 +25,12 @@ from pretrain.data import build_data
 from pretrain.inference.evaluation import evaluate_bytes
 from pretrain.inference.generation import Sampling, generate
 from pretrain.model import build_model, count_params, flops_per_byte
+from pretrain.model.flops import executed_flops_per_byte
 from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
+from pretrain.runtime.compile import compile_model, compile_seconds
 from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
-from pretrain.runtime.perf import device_peak_flops, memory_gb
+from pretrain.runtime.perf import MFUMeter, format_flops, memory_gb, shared_peak
 from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
 from pretrain.training.memory import apply_activation_checkpointing
 from pretrain.training.optim import build_optimizer, lr_at, set_lr
@@ -51,14 +53,20 @@ class Trainer:
         self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
         exported = self.initial_weights()
         self.build_model(exported)
+        if cfg.train.compile:
+            self.compile_model()
+        self._compile_logged = not cfg.train.compile
         t0 = time.perf_counter()
         data = build_data(cfg, self.vocab, derived.micro_batch_size, *self.data_coordinates())
         self.train_data, self.val_text = data.train, data.val_text
         self.bytes_per_unit = data.bytes_per_unit  # 1.0 for byte models
         log.info("%s; loaded in %.1fs", data.description, time.perf_counter() - t0)
         self.n_params = self.parameter_count()
+        # Two counts: the paper's (compute matching, results) and the work done (MFU).
         self.train_flops_per_byte = flops_per_byte(cfg.model, self.vocab.vocab_size,
                                                    self.bytes_per_unit, training=True)
+        self.executed_flops_per_byte = executed_flops_per_byte(
+            cfg.model, self.vocab.vocab_size, self.bytes_per_unit, training=True)
         log.info("model %s: %.2fM parameters%s, %.2f MFLOP/byte forward; device %s, %s",
                  cfg.model.arch, self.n_params / 1e6, self.layout(), self.train_flops_per_byte / 3e6,
                  self.device, cfg.train.dtype)
@@ -100,6 +108,10 @@ class Trainer:
             self.model.load_state_dict(weights.all())
         apply_activation_checkpointing(self.model, self.cfg.parallel)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
+
+    def compile_model(self) -> None:
+        """torch.compile the model's forward (``train.compile``); the engine compiles its own."""
+        compile_model(self.model, self.device, self.cfg.train.compile_backend)
 
     def data_coordinates(self) -> tuple:
         """(data-parallel rank, data-parallel size) of this process."""
@@ -222,9 +234,15 @@ class Trainer:
         alone would send the ranks down different paths and hang them in mismatched collectives)."""
         return "max_minutes" if timed_out else None
 
-    def measure_peak(self) -> float:
-        """Peak FLOP/s of all devices of this run, for MFU."""
-        return device_peak_flops(self.device) * self.world_size
+    def measure_peak(self) -> MFUMeter:
+        """MFU against the shared peak (:func:`pretrain.runtime.perf.shared_peak`, measured
+        once per process group in the run's dtype) times the devices of this run."""
+        dtype = torch.bfloat16 if self.cfg.train.dtype == "bf16" else torch.float32
+        per_device = shared_peak(self.device, dtype)
+        log.info("MFU against a peak of %s per device x %d device(s) (best %s square matmul, "
+                 "measured once; raised to the best step if one beats it)",
+                 format_flops(per_device), self.world_size, self.cfg.train.dtype)
+        return MFUMeter(per_device * self.world_size, dtype)
 
     def train(self) -> Dict[str, Any]:
         """Train to ``train.max_steps`` (or ``train.max_minutes`` / a stop signal); return results."""
@@ -257,6 +275,8 @@ class Trainer:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", bpb=f"{stats['bpb']:.3f}")
             if self.step % cfg.logging.log_interval == 0 or self.step == cfg.train.max_steps:
                 history.append(self._log_step(stats, meter))
+            if not self._compile_logged:
+                self._log_compile_time(meter)
             reason = self.stop_request(deadline is not None and time.perf_counter() > deadline)
             last = self.step == cfg.train.max_steps or reason == "max_minutes"
             if last or (cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0):
@@ -290,11 +310,22 @@ class Trainer:
 
     def _log_step(self, stats: Dict[str, Any], meter: _Throughput) -> Dict[str, Any]:
         """Add throughput, MFU and memory to ``stats``, write them out; the history entry."""
-        stats.update(meter.window(self.bytes_seen, self.train_flops_per_byte, self.bytes_per_unit),
+        stats.update(meter.window(self.bytes_seen, self.executed_flops_per_byte,
+                                  self.train_flops_per_byte, self.bytes_per_unit),
                      memory_gb=memory_gb(self.device))
         self.metrics.scalars(self.step, stats, "train/")
-        self._say(format_metrics(self.step, self.cfg.train.max_steps, stats))
+        self._say(format_metrics(self.step, self.cfg.train.max_steps, stats, meter.mfu.describe()))
         return {"step": self.step, **stats}
+
+    def _log_compile_time(self, meter: _Throughput) -> None:
+        """One line after the first compiled step: compilation seconds and graphs. The throughput
+        window restarts there, so compilation counts as training time at most in a window that
+        ends on the first step itself."""
+        self._compile_logged = True
+        c = compile_seconds()
+        self._say(f"torch.compile ({self.cfg.train.compile_backend}): {c['seconds']:.1f}s compiling "
+                  f"{int(c['graphs'])} graph(s) in the first step")
+        meter.restart(self.bytes_seen)
 
     def _validate(self, validations: List[Dict[str, Any]]) -> Dict[str, float]:
         """Validation bits per byte (logged, appended to ``validations``) and a sample."""
@@ -319,6 +350,7 @@ class Trainer:
                   "skipped_steps": self.skipped_total,
                   "bytes_seen": self.bytes_seen, "parameters": self.n_params,
                   "train_flops_per_byte": self.train_flops_per_byte,
+                  "executed_train_flops_per_byte": self.executed_flops_per_byte,
                   "world_size": self.world_size, "seconds": seconds}
         if self.is_main:
             atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
@@ -344,19 +376,26 @@ class Trainer:
 
 
 class _Throughput:
-    """Bytes per second, FLOP/s and MFU over the window since the last logged step."""
+    """Bytes per second, FLOP/s (both counts) and MFU over the window since the last logged step."""
 
-    def __init__(self, bytes_seen: float, peak_flops: float) -> None:
-        self.t, self.bytes, self.steps, self.peak = time.perf_counter(), bytes_seen, 0, peak_flops
+    def __init__(self, bytes_seen: float, mfu: MFUMeter) -> None:
+        self.t, self.bytes, self.steps, self.mfu = time.perf_counter(), bytes_seen, 0, mfu
 
-    def window(self, bytes_seen: float, flops_per_byte: float, bytes_per_unit: float
-               ) -> Dict[str, float]:
+    def restart(self, bytes_seen: float) -> None:
+        """Start the window afresh (after compilation, which is not training time)."""
+        self.t, self.bytes, self.steps = time.perf_counter(), bytes_seen, 0
+
+    def window(self, bytes_seen: float, executed_per_byte: float, paper_per_byte: float,
+               bytes_per_unit: float) -> Dict[str, float]:
+        """``model_tflops``: work done (the MFU numerator); ``paper_tflops``: the paper's count."""
         now = time.perf_counter()
         bps = (bytes_seen - self.bytes) / max(now - self.t, 1e-9)
+        achieved = bps * executed_per_byte
         out = {"bytes_per_s": bps, "units_per_s": bps / bytes_per_unit,
                "seconds_per_step": (now - self.t) / max(self.steps, 1),
-               "model_tflops": bps * flops_per_byte / 1e12, "mfu": bps * flops_per_byte / self.peak}
-        self.t, self.bytes, self.steps = now, bytes_seen, 0
+               "model_tflops": achieved / 1e12, "paper_tflops": bps * paper_per_byte / 1e12,
+               "mfu": self.mfu.mfu(achieved), "peak_tflops": self.mfu.peak / 1e12}
+        self.restart(bytes_seen)
         return out
 
 
