@@ -5,7 +5,9 @@ matched compute, on your data.
 
 1. Data: a raw corpus (default: Python's standard library source) is prepared once with
    ``python -m data_prep.prepare`` (byte shards, a SentencePiece model, token shards), or
-   ``--data`` names an already prepared directory.
+   ``--data`` names an already prepared directory. A corpus that is one file (a book, an
+   enwik8-style dump) is cut into ~64 KiB documents at line ends and split contiguously: its
+   last ``--val-fraction`` of bytes are held out (the enwik8 convention).
 2. Configs: MEGABYTE of the size class, then a byte Transformer (full attention), a byte
    Transformer with sliding-window attention over MEGABYTE's context (the strong byte baseline
    of later work) and a subword Transformer whose
@@ -28,8 +30,25 @@ matched compute, on your data.
 4. Evaluation of all three on the *same* held-out bytes (``OUT/heldout.bin``) in basic, sliding
    and strided (MEGABYTE only) modes, exactly as ``python -m pretrain.evaluate --files
    OUT/heldout.bin`` reports them; gzip -9 and xz -6 on the same bytes as reference points.
-5. ``OUT/report.md`` (table), ``OUT/val_bpb_vs_flops.png`` and ``OUT/loss_curves.png``, and one
-   JSON object on stdout. Running the command again continues where it stopped.
+5. ``OUT/report.md`` (table; per model whether its validation curve was still improving at the
+   end, and MEGABYTE against each baseline, with no winner declared while the curves may still
+   cross: :mod:`pretrain.comparison.verdict`), ``OUT/val_bpb_vs_flops.png`` and
+   ``OUT/loss_curves.png``, and one JSON object on stdout. Running the command again continues
+   where it stopped.
+
+Sweeps (:mod:`pretrain.comparison.sweep`; neither runs by default):
+
+* ``--lr-sweep [1e-3,2e-3,4e-3]`` (no values: 0.5x, 1x, 2x the size class's LR) trains every model
+  at every LR for 1/4 of the largest budget, scores each on selection bytes of the validation split
+  that follow the held-out bytes, and trains the full budget(s) with each model's best LR; the
+  report shows the grid.
+* ``--budgets 0.25x,0.5x,1x`` (multiples of the budget, or bytes: ``800K,3MiB``) trains every model
+  at every budget, each its own run (a cosine schedule is not a prefix of a longer one); the report
+  gives held-out bits per byte per budget and where MEGABYTE overtakes or falls behind each
+  baseline, and ``OUT/bpb_vs_budget.png``; the main table is the largest budget's.
+
+With ``--slurm`` the LR sweep is one job array (bookkeeping in ``OUT/lr_sweep/``), waited for
+before the runs at the chosen LRs are planned, which are a second array (``OUT/slurm_job.json``).
 """
 
 from __future__ import annotations
@@ -39,10 +58,11 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from pretrain.comparison import report, runs
+from pretrain.comparison import report, runs, sweep, verdict
 from pretrain.comparison.matching import (
     MATCH_TOLERANCE,
     MODEL_NAMES,
@@ -76,7 +96,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--vocab-size", type=int, default=4000, help="SentencePiece vocabulary")
     ap.add_argument("--max-corpus-bytes", type=int, default=16_000_000)
     ap.add_argument("--val-fraction", type=float, default=0.05,
-                    help="share of documents held out (by a hash of their id)")
+                    help="share of documents held out (by a hash of their id); a corpus that "
+                         "is one file is cut into ~64 KiB documents and its last bytes held out")
     ap.add_argument("--eval-bytes", type=int, default=65_536, help="held-out bytes to score")
     ap.add_argument("--modes", default="basic,sliding,strided")
     ap.add_argument("--nproc", type=int, default=1, help="processes per training run (torchrun)")
@@ -86,17 +107,31 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="with --slurm: submit and exit; run the same command again to wait for "
                          "the jobs (or find them finished) and report")
     ap.add_argument("--slurm-dry-run", action="store_true", help="print the job array script only")
+    ap.add_argument("--lr-sweep", nargs="?", const="default", default=None, metavar="LRS",
+                    help="choose each model's learning rate from these values (comma-separated; "
+                         f"alone: {', '.join(f'{f:g}' for f in sweep.DEFAULT_LR_FACTORS)} x the "
+                         "size class's LR) on a quarter of the largest budget, scored on "
+                         "validation bytes that are not the held-out bytes")
+    ap.add_argument("--budgets", default=None, metavar="LIST",
+                    help="train every model at each of these budgets: multiples of the budget "
+                         "(0.25x,0.5x,1x) or bytes (800K,3MiB); the report states crossovers")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (repeatable), e.g. --set train.dtype=bf16")
     args = ap.parse_args(argv)
     if args.no_wait and not args.slurm:
         ap.error("--no-wait goes with --slurm")
+    if args.lr_sweep and any(o.startswith("optim.lr=") for o in args.overrides):
+        ap.error("--lr-sweep chooses the learning rate: drop --set optim.lr=...")
     return args
 
 
-def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool) -> List[MatchedRun]:
+def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool,
+                 budget_bytes: Optional[int] = None, lr: Optional[float] = None,
+                 suffix: str = "", quiet: bool = False) -> List[MatchedRun]:
     """The matched configs for the prepared data (the subword model only when ``subword``), each
-    printed; a shape outside the FLOP tolerance is an error."""
+    printed (unless ``quiet``); a shape outside the FLOP tolerance is an error. ``budget_bytes``,
+    ``lr`` and ``suffix`` (a sweep's run): that budget instead of the command's, that learning
+    rate, runs named model + suffix."""
     bpt, sp_vocab = 1.0, 0
     if subword:
         import sentencepiece as spm
@@ -104,9 +139,10 @@ def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool) -> Lis
         bpt = bytes_per_token(json.loads((data_dir / "tokens" / "manifest.json").read_text()))
         sp_vocab = spm.SentencePieceProcessor(model_file=str(data_dir / "tokenizer.model")).get_piece_size()
     slurm = args.slurm or args.slurm_dry_run
-    plans = plan_models(args.size, data_dir, args.out, args.budget_bytes, args.budget_flops, bpt,
-                        sp_vocab, list(args.overrides), None if slurm else args.nproc,
-                        subword=subword)
+    budget = (budget_bytes, None) if budget_bytes else (args.budget_bytes, args.budget_flops)
+    plans = plan_models(args.size, data_dir, args.out, *budget, bpt, sp_vocab,
+                        list(args.overrides), None if slurm else args.nproc, subword=subword,
+                        lr=lr, suffix=suffix)
     base = plans[0].train_flops_per_byte
     if args.models:
         wanted = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -117,8 +153,8 @@ def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool) -> Lis
         if "transformer_subword" in wanted and not subword:
             raise ValueError("--models: transformer_subword cannot run on this corpus (see the "
                              "corpus line above)")
-        plans = [p for p in plans if p.name in wanted]
-    for plan in plans:
+        plans = [p for p in plans if sweep.model_of(p.name) in wanted]
+    for plan in [] if quiet else plans:
         m = plan.cfg.model
         log(f"{plan.name}: {plan.params / 1e6:.2f}M parameters, "
             f"{plan.train_flops_per_byte / 1e6:.3f} MFLOP/byte training "
@@ -159,32 +195,176 @@ def train_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], out: Path)
     return True
 
 
+def train_here_or_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], book: Path) -> bool:
+    """Train the unfinished runs as one Slurm job array (bookkeeping in ``book``) when asked and
+    wait for it; False when the command ends here (``--slurm-dry-run``, ``--no-wait``). Runs
+    not trained on Slurm train here afterwards (:func:`runs.train` skips finished ones)."""
+    if (args.slurm or args.slurm_dry_run) and any(not runs.finished(p) for p in plans):
+        return train_on_slurm(args, plans, book)
+    return True
+
+
+@dataclass
+class Sweeps:
+    """What the sweeps measured: the LR grid (empty without ``--lr-sweep``) and the budget runs."""
+
+    grid: Dict[str, Dict[float, Optional[float]]]
+    chosen: Dict[str, float]
+    sweep_bytes: int
+    points: List[sweep.Point]
+
+
+def select_lrs(args: argparse.Namespace, make: sweep.MakePlans, models: List[str],
+               budgets: List[int], plain: Tuple[int, float], data_dir: Path
+               ) -> Optional[Tuple[Dict[str, Dict[float, Optional[float]]], int]]:
+    """The LR sweep (one Slurm array, bookkeeping in ``OUT/lr_sweep``): every model at every
+    grid LR for :data:`sweep.LR_SWEEP_FRACTION` of the largest budget, scored on the selection
+    bytes; (model -> LR -> selection bits per byte, None for a failed point; the sweep's bytes),
+    or None when the command ends before the choice (``--no-wait``, ``--slurm-dry-run``)."""
+    s = SIZES[args.size]
+    grid = sweep.lr_grid(args.lr_sweep, s["lr"])
+    sweep_bytes = sweep.whole_batches(sweep.LR_SWEEP_FRACTION * budgets[-1], s["micro"] * s["T"])
+    points = sweep.lr_sweep_points(make, models, grid, sweep_bytes, *plain)
+    selection = args.out / "selection.bin"
+    runs.write_heldout(data_dir, selection, args.eval_bytes, start=args.eval_bytes)
+    book = args.out / "lr_sweep"
+    log(f"LR sweep: {len(points)} runs of {sweep_bytes:,} bytes, learning rates "
+        f"{', '.join(f'{lr:g}' for lr in grid)}")
+    try:
+        if not train_here_or_on_slurm(args, [p.plan for p in points], book):
+            return None
+        slurm_failed = False
+    except RuntimeError as err:  # a failed task: its point is out of the choice, the rest count
+        log(f"LR sweep: {err}")
+        slurm_failed = True
+    results: Dict[str, Dict[float, Optional[float]]] = {m: {} for m in models}
+    for p in points:
+        bpb = None
+        # After a failed Slurm array its unfinished points are out (never trained here instead).
+        # (finished() outside the try: a directory holding another config is an error, not a
+        # failed point.)
+        if runs.finished(p.plan) or not slurm_failed:
+            try:
+                runs.train(p.plan, book, args.nproc)
+                scored = runs.evaluate(p.plan, selection, ["basic"], args.out, "eval_selection")
+                bpb = scored["results"]["basic"]["bpb"]
+            except RuntimeError as err:  # diverged or crashed: it cannot be chosen
+                log(f"LR sweep: {p.plan.name} failed, left out of the choice ({err})")
+        results[p.model][p.lr] = bpb
+    return results, sweep_bytes
+
+
+def run_sweeps(args: argparse.Namespace, plans: List[MatchedRun], data_dir: Path,
+               subword: bool) -> Optional[Sweeps]:
+    """``--lr-sweep`` then ``--budgets``: the runs at every budget with each model's LR, trained
+    (a second Slurm array); None when the command ends early (``--no-wait``, dry run)."""
+    s = SIZES[args.size]
+    batch = s["micro"] * s["T"]
+    plain = (plans[0].cfg.train.max_steps * batch, s["lr"])  # the plain comparison's run
+    models = [p.name for p in plans]
+    budgets = (sweep.parse_budgets(args.budgets, plain[0], batch) if args.budgets
+               else [plain[0]])
+
+    def make(budget: int, lr: float, suffix: str) -> List[MatchedRun]:
+        return matched_runs(args, data_dir, subword, budget, lr, suffix, quiet=True)
+
+    grid: Dict[str, Dict[float, Optional[float]]] = {}
+    chosen, sweep_bytes = {m: float(s["lr"]) for m in models}, 0
+    if args.lr_sweep:
+        selected = select_lrs(args, make, models, budgets, plain, data_dir)
+        if selected is None:
+            return None
+        grid, sweep_bytes = selected
+        chosen = {m: sweep.choose_lr(m, grid[m]) for m in models}
+        log("LR sweep: chosen " + ", ".join(f"{m} {lr:g}" for m, lr in chosen.items()))
+    points = sweep.budget_points(make, models, budgets, chosen, *plain)
+    if not train_here_or_on_slurm(args, [p.plan for p in points], args.out):
+        return None
+    return Sweeps(grid, chosen, sweep_bytes, points)
+
+
+def sweep_sections(args: argparse.Namespace, found: Sweeps, mode: str
+                   ) -> Tuple[List[str], Dict[str, Any]]:
+    """Train and score every budget run (the largest budget's in every mode elsewhere); the
+    report sections (LR grid, budgets and crossovers) and their JSON; ``OUT/bpb_vs_budget.png``."""
+    sections, summary = [], {}
+    if found.grid:
+        sections.append(report.lr_grid_section(found.grid, found.chosen, found.sweep_bytes,
+                                               args.eval_bytes))
+        summary["lr_sweep"] = {"sweep_bytes": found.sweep_bytes, "chosen": found.chosen,
+                               "grid": {m: {f"{lr:g}": v for lr, v in row.items()}
+                                        for m, row in found.grid.items()}}
+    if args.budgets:
+        curves: Dict[str, List[Dict[str, Any]]] = {}
+        for p in sorted(found.points, key=lambda p: p.budget):
+            done = runs.train(p.plan, args.out, args.nproc)
+            bpb = runs.evaluate(p.plan, args.out / "heldout.bin", [mode], args.out,
+                                "eval_budgets")["results"][mode]["bpb"]
+            curves.setdefault(p.model, []).append(
+                {"bytes": p.budget, "bytes_seen": done["bytes_seen"],
+                 "flops": done["bytes_seen"] * p.plan.train_flops_per_byte,
+                 "bpb": bpb, "lr": p.lr, "run": p.plan.name})
+        lines = verdict.crossover_lines({m: [(c["flops"], c["bpb"]) for c in curve]
+                                         for m, curve in curves.items()})
+        sections.append(report.budget_section(curves, mode, lines))
+        summary.update(budgets=curves, crossovers=lines,
+                       budget_plot=report.plot_budgets(args.out, curves, mode))
+    return sections, summary
+
+
 def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """Prepare, plan, train (here or on Slurm), evaluate, report; None when the command ends
-    before the report (``--slurm-dry-run``, ``--no-wait``)."""
+    """Prepare, plan, train (here or on Slurm; sweeps first when asked), evaluate, report; None
+    when the command ends before the report (``--slurm-dry-run``, ``--no-wait``)."""
     out, modes = args.out, [m.strip() for m in args.modes.split(",") if m.strip()]
     out.mkdir(parents=True, exist_ok=True)
     data_dir, kind, subword = runs.prepare_data(args, out)
     plans = matched_runs(args, data_dir, subword)
     heldout = out / "heldout.bin"
     text = runs.write_heldout(data_dir, heldout, args.eval_bytes)
-    if (args.slurm or args.slurm_dry_run) and any(not runs.finished(p) for p in plans):
-        if not train_on_slurm(args, plans, out):
+    sections: List[str] = []
+    extra: Dict[str, Any] = {}
+    if args.lr_sweep or args.budgets:
+        found = run_sweeps(args, plans, data_dir, subword)
+        if found is None:
             return None
+        top = max(p.budget for p in found.points)
+        plans = [p.plan for p in found.points if p.budget == top]  # the table: the largest budget
+        sections, extra = sweep_sections(args, found, modes[0])
+    elif not train_here_or_on_slurm(args, plans, out):
+        return None
     trained = {p.name: runs.train(p, out, args.nproc) for p in plans}
     evals = {p.name: runs.evaluate(p, heldout, modes, out) for p in plans}
+    convergence = converged(plans, evals, modes[0])
+    sections.insert(0, report.convergence_section(convergence["slopes"], convergence["verdicts"]))
     refs = {"byte unigram": report.unigram_entropy(text), **report.compressor_bpb(text)}
     bpw = report.bytes_per_word(text)
     notes = report.corpus_notes(kind, subword, data_dir / "bytes")
-    table = report.write_report(out, plans, trained, evals, refs, bpw, len(text), modes, notes)
-    plots = report.plot(out, plans)
-    print("\n" + table + "\n", file=sys.stderr)
+    images = ["bpb_vs_budget.png"] if "budget_plot" in extra else []
+    table = report.write_report(out, plans, trained, evals, refs, bpw, len(text), modes, notes,
+                                sections, images)
+    plots = report.plot(out, plans) + ([extra.pop("budget_plot")] if images else [])
+    print("\n" + table + "\n\n" + "\n\n".join(sections) + "\n", file=sys.stderr)
     return {"report": str(out / "report.md"), "plots": plots, "heldout_bytes": len(text),
             "references": refs, "bytes_per_word": bpw, "text_share": kind.text_share,
-            "subword": subword,
-            "models": {p.name: {"params": p.params, "train_flops_per_byte": p.train_flops_per_byte,
-                                "run_dir": p.cfg.run_dir, "training": trained[p.name],
-                                "eval": evals[p.name]["results"]} for p in plans}}
+            "subword": subword, "convergence": convergence, **extra,
+            "models": {sweep.model_of(p.name): {
+                "run": p.name, "params": p.params, "train_flops_per_byte": p.train_flops_per_byte,
+                "lr": p.cfg.optim.lr, "run_dir": p.cfg.run_dir, "training": trained[p.name],
+                "eval": evals[p.name]["results"]} for p in plans}}
+
+
+def converged(plans: List[MatchedRun], evals: Dict[str, Dict[str, Any]], mode: str
+              ) -> Dict[str, Any]:
+    """Each model's convergence slope (its run's validation curve) and MEGABYTE's verdict
+    against each baseline on the held-out bits per byte of ``mode``."""
+    slopes = {sweep.model_of(p.name): verdict.convergence_slope(
+        json.loads((Path(p.cfg.run_dir) / "validation.json").read_text())) for p in plans}
+    bpb = {sweep.model_of(p.name): evals[p.name]["results"][mode]["bpb"] for p in plans}
+    found = verdict.verdicts(bpb, slopes)
+    return {"mode": mode, "slopes": slopes,
+            "trends": {m: verdict.trend(v) for m, v in slopes.items()},
+            "verdicts": [v.text for v in found],
+            "winners": {v.baseline: v.winner for v in found}}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -318,3 +318,75 @@ def test_compare_on_images_reports_bits_per_dimension(tmp_path):
     report = (out / "report.md").read_text()
     assert "bits per byte are bits per dimension" in report
     assert all(f"| {name} |" in report for name in summary["models"])
+
+
+def test_lr_sweep_and_budgets_end_to_end(compared, tmp_path):
+    """``--lr-sweep`` + ``--budgets`` on two models, a few steps: the LR sweep is one Slurm array
+    (dry run); each model's LR is the best on selection bytes that are not the held-out bytes;
+    the chosen point doubles as the 0.25x budget run; the report has the grid, the budgets, the
+    crossover statement, the convergence verdicts and ``bpb_vs_budget.png``."""
+    out, _, _ = compared
+    sweep_args = ("--models", "megabyte,transformer_bytes", "--lr-sweep", "1e-3,4e-3",
+                  "--budgets", "0.25x,1x", "--modes", "basic")
+    dry = subprocess.run([sys.executable, "-m", "pretrain.compare", "--data", str(out / "data"),
+                          "--out", str(tmp_path / "dry"), "--budget-bytes", "16384", *sweep_args,
+                          "--slurm-dry-run"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         text=True, capture_output=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "#SBATCH --array=0-3" in json.loads(dry.stdout.strip().splitlines()[-1])["launch"]
+    # (data.val_bytes: the runs' own periodic validation kept short; it feeds the slopes only.)
+    proc, got = compare_again(out, tmp_path, "16384", *sweep_args, "--set", "train.eval_interval=1",
+                              "--set", "data.val_bytes=4096")
+    # 2 models x 2 LRs at 4096 bytes, then 16384 bytes each; the 4096-byte budget is the sweep's.
+    assert len(re.findall(r": training \(\d+ steps\)", proc.stderr)) == 6, proc.stderr[-3000:]
+    grid, chosen = got["lr_sweep"]["grid"], got["lr_sweep"]["chosen"]
+    cmp = tmp_path / "cmp"
+    report = (cmp / "report.md").read_text()
+    for name in ("megabyte", "transformer_bytes"):
+        best = min(grid[name], key=lambda lr: (grid[name][lr], float(lr)))
+        assert f"{chosen[name]:g}" == best
+        assert f"**{grid[name][best]:.4f}**" in report
+        curve = got["budgets"][name]
+        assert [c["bytes"] for c in curve] == [4096, 16384]
+        assert curve[0]["run"] == f"{name}-4096B-lr{best}"  # the sweep's point, reused
+        # Scored again on the held-out bytes, not on the selection bytes the choice used.
+        assert curve[0]["bpb"] != pytest.approx(grid[name][best], abs=1e-6)
+        assert got["models"][name]["lr"] == chosen[name]
+        assert got["convergence"]["trends"][name] in ("still improving", "flat", "getting worse")
+    selection, heldout = (cmp / "selection.bin").read_bytes(), (cmp / "heldout.bin").read_bytes()
+    assert len(selection) == len(heldout) == 3000 and selection != heldout
+    assert got["crossovers"][0].startswith("megabyte vs transformer_bytes: ")
+    for section in ("## Convergence", "## Learning rates", "## Budgets",
+                    "a shorter budget is not a prefix of a longer run", "![bpb_vs_budget]"):
+        assert section in report
+    assert any(line.startswith("* At this budget megabyte is ") for line in report.splitlines())
+    assert (cmp / "bpb_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_on_one_file_holds_out_its_last_bytes(tmp_path):
+    """A corpus that is one file (a book, an enwik8-style dump) goes through the comparison out of
+    the box: cut into ~64 KiB documents at line ends, the last --val-fraction of its bytes held
+    out (contiguous split), the subword model trained and scored like the others."""
+    from data_prep.sources import stdlib_files
+
+    book = tmp_path / "book.txt"
+    book.write_bytes(b"".join(f.read_bytes() for f in stdlib_files()[:60])[:400_000])
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "pretrain.compare", str(book), "--out", str(out),
+           "--budget-bytes", "8192", "--eval-bytes", "3000", "--vocab-size", "400",
+           "--modes", "basic", "--models", "megabyte,transformer_subword"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "one-file corpus" in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary["models"]) == {"megabyte", "transformer_subword"}
+    manifest = json.loads((out / "data" / "bytes" / "manifest.json").read_text())
+    splits = manifest["splits"]
+    assert splits["train"]["docs"] > 1 and splits["val"]["docs"] >= 1
+    assert splits["train"]["bytes"] + splits["val"]["bytes"] == book.stat().st_size
+    assert splits["val"]["bytes"] == pytest.approx(0.05 * book.stat().st_size, abs=1)
+    tail = book.read_bytes()[-splits["val"]["bytes"]:]
+    assert (out / "heldout.bin").read_bytes() == tail[:3000]  # the file's last bytes, in order
+    report = (out / "report.md").read_text()
+    assert "| megabyte |" in report and "| transformer_subword |" in report

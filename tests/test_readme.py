@@ -124,4 +124,9 @@ def test_readme_run_paths_match_the_compare_layout():
     assert "--out runs/quickstart" in (ROOT / "scripts" / "quickstart.sh").read_text()
     assert "runs/quickstart" in text
     source = Path(ROOT / "pretrain" / "comparison" / "matching.py").read_text()
-    assert "run_dir={out / 'runs' / name}" in source
+    assert "run_dir={out / 'runs' / (name + suffix)}" in source
+    from pretrain.comparison.sweep import run_suffix
+
+    # The plain comparison (its budget, its LR) has no suffix: runs/quickstart/runs/NAME.
+    assert run_suffix(3_276_800, 2e-3, 3_276_800, 2e-3) == ""
+    assert run_suffix(819_200, 2e-3, 3_276_800, 2e-3) != ""

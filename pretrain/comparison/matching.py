@@ -96,8 +96,8 @@ def match_transformer(target: float, seq_len: int, vocab: str, tokenizer: Option
 
 def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int],
                 budget_flops: Optional[float], bytes_per_token: float, sp_vocab: int,
-                extra: List[str], world_size: Optional[int] = 1, subword: bool = True
-                ) -> List[MatchedRun]:
+                extra: List[str], world_size: Optional[int] = 1, subword: bool = True,
+                lr: Optional[float] = None, suffix: str = "") -> List[MatchedRun]:
     """Configs for the four models at matched training FLOPs per byte and equal budgets:
     ``megabyte``, ``transformer_bytes`` (full attention over :func:`transformer_context`),
     ``transformer_window`` (MEGABYTE's context T, sliding window :func:`window_size`) and
@@ -107,7 +107,9 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
     The global batch (sequences per update) is fixed by the size class, whatever the layout:
     on ``world_size`` processes (None: the plan's Slurm job, nodes x processes per node) each
     data-parallel rank gets its share as micro-batch, so 1 and N processes train on the same
-    batches and budgets."""
+    batches and budgets. ``lr`` replaces the size class's learning rate; each run is named (and
+    its directory under ``OUT/runs`` is) the model's name + ``suffix``
+    (:mod:`pretrain.comparison.sweep`)."""
     s = SIZES[size]
     mb = megabyte_model(size)
     target = flops_per_byte(mb, 259, training=True)
@@ -133,7 +135,7 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
         micro = max(1, int(round(batch_bytes / seq_bytes)))
         datasets = data_dir / ("tokens" if model.vocab == "sentencepiece" else "bytes")
         overrides = [
-            f"run_dir={out / 'runs' / name}", f"model.arch={model.arch}",
+            f"run_dir={out / 'runs' / (name + suffix)}", f"model.arch={model.arch}",
             f"model.vocab={model.vocab}", f"model.seq_len={model.seq_len}",
             f"model.patch_size={model.patch_size}", "model.dropout=0.0",
             f"model.global_model.dim={model.global_model.dim}",
@@ -144,7 +146,8 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
             f"model.local_model.heads={model.local_model.heads}",
             "data.source=shards", f"data.datasets=[{datasets}]", "data.val_bytes=65536",
             f"data.lanes={LANES}",
-            f"optim.lr={s['lr']}", f"optim.warmup_steps={min(500, max(10, steps // 10))}",
+            f"optim.lr={s['lr'] if lr is None else lr}",
+            f"optim.warmup_steps={min(500, max(10, steps // 10))}",
             # The budget is steps, never wall-clock time (a time limit only pauses a run).
             f"train.max_steps={steps}", "train.max_minutes=0", f"train.micro_batch_size={micro}",
             f"train.eval_interval={max(1, steps // 8)}", "train.sample_bytes=0",
@@ -159,7 +162,7 @@ def plan_models(size: str, data_dir: Path, out: Path, budget_bytes: Optional[int
                            micro, world_size)
         f = flops_per_byte(cfg.model, 259 if model.vocab == "bytes" else sp_vocab + 3,
                            bytes_per_token if model.vocab == "sentencepiece" else 1.0, training=True)
-        plans.append(MatchedRun(name, cfg, f, _count_params(cfg)))
+        plans.append(MatchedRun(name + suffix, cfg, f, _count_params(cfg)))
     return plans
 
 
@@ -176,12 +179,21 @@ def _split_batch(name: str, cfg: Config, overrides: List[str], micro: int,
     return load_config(None, overrides + [f"train.micro_batch_size={micro // dp}"])
 
 
+_PARAMS: Dict[str, int] = {}  # model config (YAML) -> parameters: sweeps plan the same shapes often
+
+
 def _count_params(cfg: Config) -> int:
+    from omegaconf import OmegaConf
+
     from data_prep.vocab import build_vocab
     from pretrain.model import build_model, count_params
 
-    vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
-    return count_params(build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id))
+    key = OmegaConf.to_yaml(OmegaConf.structured(cfg.model))
+    if key not in _PARAMS:
+        vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
+        _PARAMS[key] = count_params(build_model(cfg.model, vocab.vocab_size, vocab.pad_id,
+                                                vocab.bos_id))
+    return _PARAMS[key]
 
 
 def bytes_per_token(manifest: Dict[str, Any]) -> float:

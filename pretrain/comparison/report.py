@@ -74,8 +74,10 @@ def corpus_notes(kind: CorpusKind, subword: bool, byte_dataset: Path) -> List[st
 
 def write_report(out: Path, plans: List[MatchedRun], trained: Dict[str, Dict[str, Any]],
                  evals: Dict[str, Dict[str, Any]], refs: Dict[str, float], bpw: Optional[float],
-                 heldout_bytes: int, modes: List[str], extra_notes: Sequence[str] = ()) -> str:
-    """``report.md``: one row per model and reference, the notes; returns the table."""
+                 heldout_bytes: int, modes: List[str], extra_notes: Sequence[str] = (),
+                 sections: Sequence[str] = (), images: Sequence[str] = ()) -> str:
+    """``report.md``: one row per model and reference, the notes, then ``sections`` (markdown:
+    convergence, LR grid, budgets) and ``images`` (file names in OUT); returns the table."""
     head = ["model", "params", "train FLOPs/byte", "training bytes", "wall time", "bytes/s"]
     head += [f"bpb {m} ({EVAL_COST.get(m, '?')}x)" for m in modes]
     if bpw:
@@ -108,8 +110,11 @@ def write_report(out: Path, plans: List[MatchedRun], trained: Dict[str, Dict[str
     else:
         notes.append("No word perplexity: the held-out bytes are not word-like text (not UTF-8, "
                      f"or more than {MAX_BYTES_PER_WORD:g} bytes per whitespace-separated word).")
-    text = "# Compute-matched comparison\n\n" + table + "\n\n" + "\n".join(
-        f"* {n}" for n in notes) + "\n\n![validation](val_bpb_vs_flops.png)\n![loss](loss_curves.png)\n"
+    pictures = ["val_bpb_vs_flops.png", "loss_curves.png", *images]
+    text = ("# Compute-matched comparison\n\n" + table + "\n\n"
+            + "\n".join(f"* {n}" for n in notes) + "\n\n"
+            + "".join(s.rstrip("\n") + "\n\n" for s in sections)
+            + "".join(f"![{Path(p).stem}]({p})\n" for p in pictures))
     atomic_write_text(out / "report.md", text)
     return table
 
@@ -153,3 +158,80 @@ def plot(out: Path, plans: List[MatchedRun]) -> List[str]:
     paths.append(_save(fig, ax, "step (equal bytes per step for every model)",
                        "training bits per byte", "Training loss", out / "loss_curves.png"))
     return paths
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+
+def convergence_section(slopes: Dict[str, Optional[float]], verdict_lines: Sequence[str]) -> str:
+    """``## Convergence``: each model's slope and trend, then MEGABYTE against each baseline."""
+    from pretrain.comparison.verdict import IMPROVING_SLOPE, describe_trend
+
+    lines = ["## Convergence", "",
+             "Slope of validation bits per byte against log2(training FLOPs) over the last doubling "
+             f"of training; still improving below {IMPROVING_SLOPE:+.2f} bpb per doubling, getting "
+             f"worse above {-IMPROVING_SLOPE:+.2f}, flat between. A leader is declared only when "
+             "its advantage exceeds what the trailing model, at its slope, would gain in one more "
+             "doubling.", ""]
+    lines += [f"* {describe_trend(name, slope)}" for name, slope in slopes.items()]
+    lines += [""] + [f"* {line[0].upper() + line[1:]}" for line in verdict_lines]
+    return "\n".join(lines)
+
+
+def lr_grid_section(grid: Dict[str, Dict[float, Optional[float]]], chosen: Dict[str, float],
+                    sweep_bytes: int, selection_bytes: int) -> str:
+    """``## Learning rates``: model x LR -> selection bits per byte, the choice in bold."""
+    lrs = sorted({lr for row in grid.values() for lr in row})
+    lines = ["## Learning rates", "",
+             f"Each model trained at each LR for {sweep_bytes:,} bytes (same warmup + cosine "
+             f"schedule shape), scored on {selection_bytes:,} selection bytes of the validation "
+             "split that follow the held-out bytes (not the bytes of the table above); the lowest "
+             "wins (**bold**; a tie goes to the smaller LR) and serves every budget.", "",
+             "| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|" + "---|" * (len(lrs) + 1)]
+    for name, row in grid.items():
+        cells = []
+        for lr in lrs:
+            bpb = row.get(lr)
+            cell = "failed" if bpb is None or not math.isfinite(bpb) else f"{bpb:.4f}"
+            cells.append(f"**{cell}**" if lr == chosen.get(name) else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget_section(curves: Dict[str, List[Dict[str, Any]]], mode: str,
+                   crossover_lines: Sequence[str]) -> str:
+    """``## Budgets``: model x training bytes -> held-out bits per byte, then the crossovers.
+    ``curves``: per model, ``{"bytes", "flops", "bpb", "lr"}`` per budget in increasing order."""
+    budgets = sorted({p["bytes"] for c in curves.values() for p in c})
+    lines = ["## Budgets", "",
+             "Each budget is its own run: the cosine schedule decays to the end of training, so a "
+             "shorter budget is not a prefix of a longer run (no run is reused across budgets; "
+             "the LR sweep's run of the chosen LR is the budget run of the same bytes, when "
+             "there is one). "
+             f"Held-out bits per byte ({mode} mode):", "",
+             "| model | lr | " + " | ".join(f"{b:,} bytes" for b in budgets) + " |",
+             "|" + "---|" * (len(budgets) + 2)]
+    for name, curve in curves.items():
+        at = {p["bytes"]: p["bpb"] for p in curve}
+        lr = curve[0]["lr"] if curve else 0.0
+        lines.append(f"| {name} | {lr:g} | " + " | ".join(
+            f"{at[b]:.4f}" if b in at else "-" for b in budgets) + " |")
+    lines += [""] + [f"* {line}" for line in crossover_lines]
+    return "\n".join(lines)
+
+
+def plot_budgets(out: Path, curves: Dict[str, List[Dict[str, Any]]], mode: str) -> str:
+    """``bpb_vs_budget.png``: held-out bits per byte against training FLOPs (log x), one line
+    per model; its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in curves.items():
+        ax.plot([p["flops"] for p in curve], [p["bpb"] for p in curve], marker="o", label=name)
+    ax.set_xscale("log")
+    return _save(fig, ax, "training FLOPs", f"held-out bits per byte ({mode})",
+                 "Held-out bits per byte against training budget", out / "bpb_vs_budget.png")

@@ -51,12 +51,28 @@ def prepare_data(args: argparse.Namespace, out: Path) -> Tuple[Path, CorpusKind,
            # Many small shards, so that the loader's lanes draw each batch from many streams.
            "--shard-bytes", "512KiB"]
     cmd += [str(p) for p in args.corpus] if args.corpus else ["--stdlib"]
+    cmd += one_file_options(args.corpus)
     _run_prep(cmd + ["--vocab-size", "0"])
     kind = corpus_kind(data_dir / "bytes")
     log(f"corpus: {kind.describe()}")
     if kind.is_text:
         _run_prep(cmd + ["--vocab-size", str(args.vocab_size)])
     return data_dir, kind, kind.is_text
+
+
+ONE_FILE_DOC_BYTES = "64K"
+
+
+def one_file_options(corpus: List[Path]) -> List[str]:
+    """A corpus that is one file (an enwik8-style dump, a book, a log) would be one document: no
+    validation split at all. It is cut into documents of about 64 KiB at line ends and split
+    contiguously instead: the last ``--val-fraction`` of its bytes are the validation split (the
+    enwik8 convention), the rest, in order, the training split."""
+    if len(corpus) == 1 and Path(corpus[0]).is_file():
+        log(f"one-file corpus: cut into ~{ONE_FILE_DOC_BYTES}B documents at line ends; the last "
+            "--val-fraction of its bytes are held out (--split contiguous)")
+        return ["--doc-bytes", ONE_FILE_DOC_BYTES, "--split", "contiguous"]
+    return []
 
 
 def _run_prep(cmd: List[str]) -> None:
@@ -66,18 +82,20 @@ def _run_prep(cmd: List[str]) -> None:
         raise RuntimeError(f"data preparation failed (exit {proc.returncode})")
 
 
-def write_heldout(data_dir: Path, heldout: Path, n_bytes: int) -> bytes:
-    """The first ``n_bytes`` of the byte dataset's validation split, as the training loop reads
-    them, written to ``heldout`` (rewritten only when they changed); every model is scored on it."""
+def write_heldout(data_dir: Path, heldout: Path, n_bytes: int, start: int = 0) -> bytes:
+    """Bytes ``start`` to ``start + n_bytes`` of the byte dataset's validation split, as the
+    training loop reads them, written to ``heldout`` (rewritten only when they changed): with
+    ``start`` 0 the held-out bytes every model is scored on; after them, the LR sweep's
+    selection bytes (never the same bytes)."""
     from data_prep.vocab import ByteVocab
     from pretrain.data import validation_text
 
     cfg = load_config(None, ["data.source=shards", f"data.datasets=[{data_dir / 'bytes'}]",
-                             f"data.val_bytes={n_bytes}"])
-    text = validation_text(cfg, ByteVocab(), n_bytes)
+                             f"data.val_bytes={start + n_bytes}"])
+    text = validation_text(cfg, ByteVocab(), start + n_bytes)[start:]
     if not text:
-        raise ValueError(f"the validation split of {data_dir / 'bytes'} is empty: raise "
-                         "--val-fraction or use a larger corpus")
+        raise ValueError(f"the validation split of {data_dir / 'bytes'} has no bytes after its "
+                         f"first {start}: raise --val-fraction or use a larger corpus")
     if not heldout.is_file() or heldout.read_bytes() != text:
         atomic_write_bytes(heldout, text)
     return text
@@ -334,13 +352,15 @@ def train(plan: MatchedRun, out: Path, nproc: int) -> Dict[str, Any]:
                        "rerun to continue")
 
 
-def evaluate(plan: MatchedRun, heldout: Path, modes: List[str], out: Path) -> Dict[str, Any]:
-    """Bits per byte of the run's final checkpoint on the held-out bytes, cached per step."""
+def evaluate(plan: MatchedRun, heldout: Path, modes: List[str], out: Path,
+             cache_dir: str = "eval") -> Dict[str, Any]:
+    """Bits per byte of the run's final checkpoint on the held-out bytes, cached per step in
+    ``OUT/<cache_dir>/NAME.json`` (one cache directory per file of bytes scored)."""
     from pretrain.inference.evaluation import evaluate_bytes
     from pretrain.inference.loading import load_for_inference
 
     run_dir = Path(plan.cfg.run_dir)
-    cache = out / "eval" / f"{plan.name}.json"
+    cache = out / cache_dir / f"{plan.name}.json"
     step = json.loads((run_dir / "results.json").read_text())["steps"]
     if cache.is_file():
         old = json.loads(cache.read_text())
