@@ -125,7 +125,7 @@ def check_mfu_output(out: dict) -> None:
 def test_bench_mfu_fast():
     out = run_bench("bench/bench_mfu.py", "--fast")
     assert [r["size"] for r in out["results"]] == ["tiny"] and out["compile"] is None
-    assert out["optimizer"] == "AdamW foreach"  # the trainer's CPU AdamW
+    assert out["optimizer"] == "AdamW fused"  # the trainer's AdamW
     assert out["peak_source"].startswith("peak ") and (
         "(fp32 matmul, measured)" in out["peak_source"] or "above the matmul probe" in out["peak_source"])
     check_mfu_output(out)

@@ -173,10 +173,10 @@ def test_help(module):
     assert "usage:" in proc.stdout
 
 
-def test_multi_tensor_adamw_is_the_same_update_and_the_engine_needs_no_compiler():
-    """The single-process AdamW runs ``foreach`` on CPU (``fused`` on GPU): 5 updates equal the
-    plain per-parameter loop's; the DeepSpeed config asks for torch's AdamW (no JIT-built
-    FusedAdam, so a GPU node without nvcc trains) unless parallel.deepspeed_fused_adam."""
+def test_fused_adamw_is_the_same_update_and_the_engine_needs_no_compiler():
+    """The single-process AdamW runs ``fused`` (CPU and GPU): 5 updates equal the plain
+    per-parameter loop's; the DeepSpeed config asks for torch's AdamW (no JIT-built FusedAdam, so
+    a GPU node without nvcc trains) unless parallel.deepspeed_fused_adam."""
     import torch
 
     from pretrain.parallel.engine import deepspeed_config
@@ -184,12 +184,12 @@ def test_multi_tensor_adamw_is_the_same_update_and_the_engine_needs_no_compiler(
 
     cfg = load_config(CONFIG_DIR / "debug.yaml", ["optim.weight_decay=0.1"])
     results = []
-    for foreach in (True, False):
+    for fused in (True, False):
         model = build_model(cfg.model, 259, 256, 257, seed=1)
-        opt = build_optimizer(model, cfg.optim) if foreach else torch.optim.AdamW(
+        opt = build_optimizer(model, cfg.optim) if fused else torch.optim.AdamW(
             param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
             betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, foreach=False)
-        assert opt.defaults["foreach"] is foreach
+        assert bool(opt.defaults["fused"]) is fused
         ids = torch.randint(0, 256, (4, cfg.model.seq_len), generator=torch.Generator().manual_seed(0))
         for _ in range(5):
             opt.zero_grad()
