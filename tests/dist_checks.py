@@ -63,6 +63,9 @@ def main() -> None:
     local_qkv = report["local_model.blocks.0.attn.qkv.weight"]
     Dl = cfg.model.local_model.dim
     assert local_qkv["tp_shape"] == (3 * Dl, Dl) and not local_qkv["tp"], local_qkv
+    # The optimizer DeepSpeed built: torch's AdamW, fused (no JIT-compiled FusedAdam).
+    inner = getattr(trainer.engine.optimizer, "optimizer", trainer.engine.optimizer)
+    assert type(inner) is torch.optim.AdamW and inner.defaults["fused"], inner
     # Weight decay by role: the same parameter names as the plain single-process model.
     from pretrain.training.optim import decay_split
 

@@ -92,15 +92,16 @@ def test_compile_without_a_c_compiler_is_a_one_line_error(monkeypatch):
 
 
 def test_gpu_deepspeed_config_uses_torch_adamw_built_without_a_gpu():
-    """The DeepSpeed config for a GPU device, generated on this CPU machine: torch's AdamW
-    (``torch_adam``), so no FusedAdam is compiled just in time on a node without nvcc; FusedAdam
-    only with parallel.deepspeed_fused_adam."""
+    """The DeepSpeed config for a GPU device, generated on this CPU machine: torch's fused AdamW
+    (``torch_adam`` + ``fused``), so no DeepSpeed FusedAdam is compiled just in time on a node
+    without nvcc; DeepSpeed's FusedAdam only with parallel.deepspeed_fused_adam."""
     from pretrain.parallel.engine import deepspeed_config
 
     cfg = load_config(CONFIG_DIR / "debug.yaml", ["train.compile=true"])
     ds = deepspeed_config(cfg, derive(cfg), torch.device("cuda"))
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["torch_adam"] is True
-    assert "fused" not in json.dumps(ds).lower(), ds
+    assert ds["optimizer"]["params"]["fused"] is True, ds
+    assert "foreach" not in json.dumps(ds), ds
     fused = load_config(CONFIG_DIR / "debug.yaml", ["parallel.deepspeed_fused_adam=true"])
     assert deepspeed_config(fused, derive(fused), torch.device("cuda"))["optimizer"]["params"][
         "torch_adam"] is False

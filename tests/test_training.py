@@ -201,7 +201,7 @@ def test_fused_adamw_is_the_same_update_and_the_engine_needs_no_compiler():
     derived = derive(cfg)
     for device in ("cpu", "cuda"):
         params = deepspeed_config(cfg, derived, torch.device(device))["optimizer"]["params"]
-        assert params["torch_adam"] is True and params["foreach"] is True, params
+        assert params["torch_adam"] is True and params["fused"] is True, params
     fused = load_config(CONFIG_DIR / "debug.yaml", ["parallel.deepspeed_fused_adam=true"])
     assert deepspeed_config(fused, derive(fused), torch.device("cuda"))["optimizer"]["params"][
         "torch_adam"] is False

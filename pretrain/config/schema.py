@@ -200,7 +200,7 @@ class ParallelConfig:
     """Activation checkpointing of the local model's blocks."""
     deepspeed_fused_adam: bool = False
     """Use DeepSpeed's FusedAdam on GPU (compiled just in time on every node: needs nvcc and
-    ninja there). Default: torch's AdamW (multi-tensor ``foreach``), which needs no compiler."""
+    ninja there). Default: torch's fused AdamW, which needs no compiler."""
 
 
 @dataclass

@@ -77,9 +77,10 @@ def deepspeed_config(cfg: Config, derived: Derived, device: torch.device) -> Dic
 
 
 def _adam_implementation(cfg: Config, device: torch.device) -> Dict[str, Any]:
-    """torch.optim.AdamW with multi-tensor (``foreach``) updates everywhere, so a fresh GPU node
-    without a CUDA compiler trains; DeepSpeed's FusedAdam (built just in time) only when asked
-    for (``parallel.deepspeed_fused_adam``, GPU only)."""
+    """torch.optim.AdamW with ``fused`` updates (one kernel over all of a rank's partitions; torch
+    ships it for CPU and CUDA, so a fresh GPU node without a CUDA compiler trains); DeepSpeed's
+    FusedAdam (built just in time) only when asked for (``parallel.deepspeed_fused_adam``, GPU
+    only). DeepSpeed passes ``fused`` through to ``torch.optim.AdamW``."""
     if cfg.parallel.deepspeed_fused_adam and device.type == "cuda":
         return {"torch_adam": False}
     return {"torch_adam": True, "foreach": True}
