@@ -153,8 +153,20 @@ def test_bench_generation_fast():
         assert out[f"{arch}_params"] - out[f"{arch}_block_params"] == non_block_params(cfg), arch
 
 
+def test_bench_compile_fast():
+    """Eager and compiled steps alternate; the speed-up is eager / compiled of the medians."""
+    out = run_bench("bench/bench_compile.py", "--fast")
+    assert out["backend"] == "aot_eager" and len(out["results"]) == 1
+    r = out["results"][0]
+    assert r["arch"] == "megabyte" and r["rounds"] == 2
+    assert len(r["eager_times"]) == len(r["compiled_times"]) == 2
+    assert close(r["eager_seconds"], sorted(r["eager_times"])[1] / 2 + sorted(r["eager_times"])[0] / 2)
+    assert close(r["speedup"], r["eager_seconds"] / r["compiled_seconds"])
+    assert r["compile_seconds"] > 0  # the compiled model's first step traced and compiled
+
+
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
-                                    "gpu_bench.py", "build_memory.py"])
+                                    "bench_compile.py", "gpu_bench.py", "build_memory.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT, text=True,
                           capture_output=True)

@@ -42,6 +42,33 @@ def test_reference_compressors_and_words():
 LATIN1 = "# caf\u00e9 au lait (Latin-1)\n".encode("latin-1")
 
 
+def test_text_share_is_measured_across_the_whole_train_split(tmp_path):
+    """Text files first, random bytes after (stored order): a sample of the first bytes would
+    call it text; the rule samples every shard and does not."""
+    import random
+
+    from data_prep.bytes import PrepOptions, prepare
+    from data_prep.shards import iter_documents, read_manifest
+    from pretrain.comparison.corpus import TEXT_SHARE_MIN, corpus_kind, text_share
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(0)
+    prose = Path(os.__file__).read_text()
+    for i in range(40):
+        (src / f"a{i:02d}.txt").write_text(f"# part {i}\n" + prose[i * 1000:(i + 1) * 1000])
+        (src / f"b{i:02d}.bin").write_bytes(bytes(rng.randrange(256) for _ in range(1000)))
+    out = tmp_path / "ds"
+    prepare([src], out, PrepOptions(shard_bytes=20000, val_fraction=0.1, order="sorted"),
+            progress=False)
+    docs = [p for _, p in iter_documents(out, "train", read_manifest(out))]
+    first = b"".join(docs)[:20000]
+    assert docs[0].startswith(b"# part") and text_share(first) == 1.0  # the first bytes: text
+    kind = corpus_kind(out, 20000)
+    assert kind.text_share < TEXT_SHARE_MIN and not kind.is_text, kind
+    assert 15000 < kind.sampled_bytes < 25000
+
+
 def test_text_share_rule():
     """Text keeps the subword baseline (a few Latin-1 bytes included); audio-like and random
     bytes do not (pretrain.comparison.corpus)."""
@@ -58,6 +85,14 @@ def test_text_share_rule():
     tone = bytes(int(128 + 100 * math.sin(i / 7) + rng.gauss(0, 3)) % 256 for i in range(50_000))
     assert text_share(tone) < TEXT_SHARE_MIN
     assert text_share(b"") == 1.0
+    # The line states the final decision: text without token shards leaves the subword model out.
+    from pretrain.comparison.corpus import CorpusKind
+
+    kind = CorpusKind(0.999, 1000, 3)
+    assert kind.describe().endswith("text: the subword baseline runs")
+    no_tokens = kind.describe(has_tokens=False)
+    assert "runs" not in no_tokens and no_tokens.endswith("left out: the prepared data has no "
+                                                          "token shards")
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,15 @@ def test_report_sections_render_grid_verdicts_and_budgets(tmp_path: Path):
     assert "| megabyte | 3.7100 | **3.6200** | failed |" in text
     assert "| transformer_bytes | 3.5500 | **3.4100** | failed |" in text
     assert "819,200 bytes" in text and "not the bytes of the table above" in text
+    assert "beyond the grid" not in text  # both chose the middle LR
+    # A choice at the grid's edge is flagged with a wider grid to try; inside it is not.
+    edge = report.lr_grid_section(grid, {"megabyte": 1e-3, "transformer_bytes": 2e-3}, 819200,
+                                  65536)
+    assert ("* megabyte: the choice is the grid's lowest LR (0.001), so its best LR may lie beyond "
+            "the grid; extend it (e.g. --lr-sweep 0.0005,0.001,0.002,0.004)") in edge
+    assert "transformer_bytes: the choice" not in edge
+    assert "highest LR (0.004)" in report.grid_edge_note("m", {1e-3: 3.0, 4e-3: 2.9}, 4e-3)
+    assert report.grid_edge_note("m", {1e-3: 3.0}, 1e-3) == ""
     conv = report.convergence_section({"megabyte": -0.11, "transformer_bytes": 0.0},
                                       ["at this budget megabyte is ...: no verdict: curves still "
                                        "crossing (x)"])

@@ -164,6 +164,12 @@ def test_evaluate_cli(trained_run):
         assert r["bytes"] == 3000 and 0 < r["bpb"] < 9
     bad = run_cli("pretrain.evaluate", "--checkpoint", str(run_dir / "nope"), check=False)
     assert bad.returncode == 2 and "no checkpoint found" in bad.stderr
+    # --compile: the compiled forward scores the same bits per byte (aot_eager: no C compiler).
+    compiled = run_cli("pretrain.evaluate", "--checkpoint", str(run_dir), "--max-bytes", "3000",
+                       "--compile", "aot_eager")
+    got = json.loads(compiled.stdout)
+    assert got["compile"] == "aot_eager"
+    assert got["results"]["basic"]["bpb"] == pytest.approx(out["results"]["basic"]["bpb"], rel=1e-6)
 
 
 @pytest.mark.parametrize("module", ["pretrain.train", "pretrain.generate", "pretrain.evaluate",

@@ -4,11 +4,13 @@ runs) or not (it is left out, with one line saying why).
 **The rule.** The subword baseline runs when at least :data:`TEXT_SHARE_MIN` (90%) of the
 corpus's bytes are *printable UTF-8 text*: bytes of valid UTF-8 sequences that are not control
 characters (tab, newline, carriage return, vertical tab and form feed count as text). Measured on
-up to :data:`SAMPLE_BYTES` of the prepared byte dataset (train split first, then val, in stored
-order). Prose and source code score ~1.0; a UTF-8 corpus with a few Latin-1 files scores just
-below 1.0 and keeps the subword baseline, which encodes the odd bytes as byte-fallback pieces
-(exact, same byte count); random-looking bytes (audio samples, pixels, compressed data) score
-~0.4 and leave it out.
+about :data:`SAMPLE_BYTES` of the prepared byte dataset's train split, drawn across all of it by
+the tokenizer's sample (:func:`data_prep.tokenizer.sample_train_documents`: every shard, first to
+last, in proportion), so a corpus whose first files are text and later ones are not is not
+mistaken for text; the val split only when the train split is empty. Prose and source code
+score ~1.0; a UTF-8 corpus with a few Latin-1 files scores just below 1.0 and keeps the subword
+baseline, which encodes the odd bytes as byte-fallback pieces (exact, same byte count);
+random-looking bytes (audio samples, pixels, compressed data) score ~0.4 and leave it out.
 """
 
 from __future__ import annotations
@@ -45,26 +47,37 @@ class CorpusKind:
     def is_text(self) -> bool:
         return self.text_share >= TEXT_SHARE_MIN
 
-    def describe(self) -> str:
-        """One line for the log and the report."""
-        verdict = ("text: the subword baseline runs" if self.is_text else
-                   "not text: the subword baseline is left out (it needs a corpus that is at least "
-                   f"{TEXT_SHARE_MIN:.0%} printable UTF-8)")
+    def describe(self, has_tokens: bool = True) -> str:
+        """One line for the log and the report. ``has_tokens``: whether the prepared data has
+        token shards (a ``--data`` directory may not), so the line states the final decision."""
+        if not self.is_text:
+            verdict = ("not text: the subword baseline is left out (it needs a corpus that is at "
+                       f"least {TEXT_SHARE_MIN:.0%} printable UTF-8)")
+        elif has_tokens:
+            verdict = "text: the subword baseline runs"
+        else:
+            verdict = ("text, but the subword baseline is left out: the prepared data has no "
+                       "token shards")
         return (f"{self.text_share:.1%} of {self.sampled_bytes:,} sampled bytes "
                 f"({self.documents} documents) are printable UTF-8 text; {verdict}")
 
 
 def _sample(dataset: Path, limit: int) -> Iterator[bytes]:
     from data_prep.shards import iter_documents, read_manifest
+    from data_prep.tokenizer import sample_train_documents
 
-    manifest = read_manifest(dataset)
+    any_train = False
+    for payload in sample_train_documents(dataset, limit):
+        any_train = True
+        yield payload
+    if any_train:
+        return
     left = limit
-    for split in ("train", "val"):
-        for _, payload in iter_documents(dataset, split, manifest):
-            yield payload[:left]
-            left -= min(left, len(payload))
-            if not left:
-                return
+    for _, payload in iter_documents(dataset, "val", read_manifest(dataset)):
+        yield payload[:left]
+        left -= min(left, len(payload))
+        if not left:
+            return
 
 
 def corpus_kind(dataset: Path, limit: int = SAMPLE_BYTES) -> CorpusKind:

@@ -57,9 +57,7 @@ def corpus_notes(kind: CorpusKind, subword: bool, byte_dataset: Path) -> List[st
     images that bits per byte are bits per dimension."""
     from data_prep.shards import read_manifest
 
-    notes = [f"Corpus: {kind.describe()}."]
-    if kind.is_text and not subword:
-        notes.append("The subword baseline is left out: the prepared data has no token shards.")
+    notes = [f"Corpus: {kind.describe(has_tokens=subword or not kind.is_text)}."]
     media = read_manifest(byte_dataset).get("media") or {}
     if media.get("kind") == "image":
         size = media.get("image_size")
@@ -196,7 +194,21 @@ def lr_grid_section(grid: Dict[str, Dict[float, Optional[float]]], chosen: Dict[
             cell = "failed" if bpb is None or not math.isfinite(bpb) else f"{bpb:.4f}"
             cells.append(f"**{cell}**" if lr == chosen.get(name) else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    edges = [grid_edge_note(name, row, chosen.get(name)) for name, row in grid.items()]
+    edges = [note for note in edges if note]
+    return "\n".join(lines + ([""] + edges if edges else []))
+
+
+def grid_edge_note(name: str, row: Dict[float, Optional[float]], lr: Optional[float]) -> str:
+    """A warning when ``lr``, the choice, is the lowest or highest LR tried for ``name``: the best
+    LR may lie outside the grid ('' when it is inside, or the grid has one point)."""
+    tried = sorted(row)
+    if lr is None or len(tried) < 2 or tried[0] < lr < tried[-1]:
+        return ""
+    side, factor = ("lowest", 0.5) if lr == tried[0] else ("highest", 2.0)
+    wider = ",".join(f"{x:g}" for x in sorted(tried + [lr * factor]))
+    return (f"* {name}: the choice is the grid's {side} LR ({lr:g}), so its best LR may lie "
+            f"beyond the grid; extend it (e.g. --lr-sweep {wider}) before trusting the comparison.")
 
 
 def budget_section(curves: Dict[str, List[Dict[str, Any]]], mode: str,

@@ -38,11 +38,11 @@ def prepare_data(args: argparse.Namespace, out: Path) -> Tuple[Path, CorpusKind,
     if args.data:
         data_dir = Path(args.data)
         kind = corpus_kind(data_dir / "bytes")
-        log(f"corpus: {kind.describe()}")
         has_tokens = (data_dir / "tokens" / "manifest.json").is_file()
+        log(f"corpus: {kind.describe(has_tokens)}")
         if kind.is_text and not has_tokens:
-            log(f"no token shards in {data_dir / 'tokens'}: the subword baseline is left out "
-                "(prepare them with python -m data_prep.prepare --vocab-size N)")
+            log(f"(no {data_dir / 'tokens' / 'manifest.json'}; prepare token shards with "
+                "python -m data_prep.prepare --vocab-size N)")
         return data_dir, kind, kind.is_text and has_tokens
     data_dir = out / "data"
     cmd = [sys.executable, "-m", "data_prep.prepare", "--output", str(data_dir),
