@@ -14,7 +14,11 @@ its real key counts, ``pretrain.model.flops.executed_flops_per_byte``), which is
 run. A point whose step outlasts ``--point-timeout`` is reported as a timeout; at long contexts
 on CPU use ``--warmup 0 --repeats 1`` (one timed step). ``--compile`` compiles both models first
 (compilation happens in the warm-up step, or in the only step with ``--warmup 0``: then the
-reported time includes it, and ``first_step_seconds`` says so). One JSON object on stdout.
+reported time includes it, and ``first_step_seconds`` says so). ``--interleave`` runs both
+models of a context in one process and alternates their steps (MEGABYTE, Transformer, MEGABYTE,
+..., MEGABYTE last, so MEGABYTE's steps bracket the Transformer's): on a shared machine whose speed
+drifts by tens of percent over minutes, points measured one after the other compare the machine
+states, not the models (peak memory is then the pair's). One JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from typing import Any, Dict, List
 
 from common import (ROOT, block_params, emit, machine, make_model, model_config, optimizer_name,
-                    params, peak_memory_gb, table, timed, training_step)
+                    params, peak_memory_gb, sync, table, timed, training_step)
 
 import torch  # noqa: E402  (after common, which sets up the import path)
 
@@ -57,24 +61,65 @@ def worker(arch: str, seq_len: int, args: argparse.Namespace) -> Dict[str, Any]:
             "peak_memory_gb": peak_memory_gb(device), "status": "ok"}
 
 
+def pair_worker(seq_len: int, args: argparse.Namespace) -> Dict[str, Any]:
+    """Both models of one context in this process, their timed steps alternated (``--interleave``)."""
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    batch = max(1, args.batch_bytes // seq_len)
+    ids = torch.randint(0, 256, (batch, seq_len), device=device)
+    cfgs = {a: model_config(a, args.size, seq_len) for a in ("megabyte", "transformer")}
+    models = {a: make_model(c, device, dtype) for a, c in cfgs.items()}
+    steps = {a: training_step(m, ids, args.backend if args.compile else None)
+             for a, m in models.items()}
+
+    def once(arch: str) -> float:
+        t0 = time.perf_counter()
+        steps[arch]()
+        sync(device)
+        return time.perf_counter() - t0
+
+    first = {a: [once(a) for _ in range(args.warmup)][:1] or [None] for a in steps}
+    times: Dict[str, List[float]] = {"megabyte": [], "transformer": []}
+    for arch in ["megabyte", "transformer"] * max(args.repeats, 1) + ["megabyte"]:
+        times[arch].append(once(arch))
+    out = {}
+    for arch, t in times.items():
+        seconds = sorted(t)[len(t) // 2]
+        out[arch] = {"arch": arch, "seq_len": seq_len, "batch": batch,
+                     "params": params(models[arch]), "block_params": block_params(models[arch]),
+                     "seconds_per_step": seconds, "repeats": len(t), "step_seconds": t,
+                     "first_step_seconds": first[arch][0], "warmup": args.warmup,
+                     "bytes_per_s": batch * seq_len / seconds,
+                     "train_flops_per_byte": flops_per_byte(cfgs[arch], 256, training=True),
+                     "executed_train_flops_per_byte": executed_flops_per_byte(cfgs[arch], 256,
+                                                                              training=True),
+                     "peak_memory_gb": peak_memory_gb(device), "status": "ok", "interleaved": True}
+    return out
+
+
 def run_point(args: argparse.Namespace, arch: str, seq_len: int) -> Dict[str, Any]:
+    """One (model, context) point in a subprocess (``arch`` = ``pair``: both, interleaved)."""
     cmd = [sys.executable, __file__, "--worker", arch, str(seq_len), "--size", args.size,
            "--device", args.device, "--dtype", args.dtype, "--batch-bytes", str(args.batch_bytes),
            "--repeats", str(args.repeats), "--budget", str(args.budget), "--warmup",
            str(args.warmup)] + (["--compile", "--backend", args.backend] if args.compile else [])
-    limit = args.point_timeout or args.budget * 3 + 60
+    limit = args.point_timeout or (args.budget * 3 + 60) * (2 if arch == "pair" else 1)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        return {"arch": arch, "seq_len": seq_len, "status": "timeout",
-                "note": f"the point did not finish within {limit:.0f}s (--point-timeout)"}
-    if proc.returncode != 0:
+        failed = {"status": "timeout",
+                  "note": f"the point did not finish within {limit:.0f}s (--point-timeout)"}
+    else:
+        if proc.returncode == 0:
+            return json.loads(proc.stdout.strip().splitlines()[-1])
         oom = "out of memory" in proc.stderr.lower() or proc.returncode in (-9, 137)
-        return {"arch": arch, "seq_len": seq_len, "status": "oom" if oom else "error",
-                "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
-                "seconds": time.perf_counter() - t0}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        failed = {"status": "oom" if oom else "error",
+                  "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
+                  "seconds": time.perf_counter() - t0}
+    if arch == "pair":
+        return {a: {"arch": a, "seq_len": seq_len, **failed} for a in ("megabyte", "transformer")}
+    return {"arch": arch, "seq_len": seq_len, **failed}
 
 
 def main() -> None:
@@ -92,6 +137,8 @@ def main() -> None:
                     help="seconds a point may take (default: 3 x budget + 60)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models first")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend with --compile")
+    ap.add_argument("--interleave", action="store_true",
+                    help="both models of a context in one process, steps alternated")
     ap.add_argument("--fast", action="store_true", help="tiny models, contexts 128 and 512")
     ap.add_argument("--output", default=None, help="also write the JSON here")
     ap.add_argument("--worker", nargs=2, metavar=("ARCH", "SEQ_LEN"), help=argparse.SUPPRESS)
@@ -105,12 +152,17 @@ def main() -> None:
     args.batch_bytes = args.batch_bytes or max(contexts)
     if args.worker:
         arch, seq_len = args.worker[0], int(args.worker[1])
-        print(json.dumps(worker(arch, seq_len, args)))
+        result = pair_worker(seq_len, args) if arch == "pair" else worker(arch, seq_len, args)
+        print(json.dumps(result))
         return
     points = []
     for seq_len in contexts:
-        mb = run_point(args, "megabyte", seq_len)
-        tf = run_point(args, "transformer", seq_len)
+        if args.interleave:
+            pair = run_point(args, "pair", seq_len)
+            mb, tf = pair["megabyte"], pair["transformer"]
+        else:
+            mb = run_point(args, "megabyte", seq_len)
+            tf = run_point(args, "transformer", seq_len)
         point: Dict[str, Any] = {"seq_len": seq_len, "megabyte": mb, "transformer": tf}
         if mb["status"] == "ok" and tf["status"] == "ok":
             point["measured_ratio"] = mb["bytes_per_s"] / tf["bytes_per_s"]
@@ -139,6 +191,7 @@ def main() -> None:
     emit({"benchmark": "throughput", "device": args.device, "dtype": args.dtype, "size": args.size,
           "batch_bytes": args.batch_bytes, "compile": args.backend if args.compile else None,
           "optimizer": optimizer_name(torch.device(args.device)), "warmup": args.warmup,
+          "interleave": args.interleave,
           "repeats": args.repeats, "machine": machine(), "points": points}, args.output)
 
 
