@@ -165,8 +165,19 @@ def test_bench_compile_fast():
     assert r["compile_seconds"] > 0  # the compiled model's first step traced and compiled
 
 
+def test_compare_trees_fast():
+    """Two trees (here the same one twice) alternate; speed-up and MFU follow from the times."""
+    out = run_bench("bench/compare_trees.py", str(ROOT), str(ROOT), "--fast")
+    s = out["sizes"]["tiny"]
+    assert len(s["seconds"]["before"]) == len(s["seconds"]["after"]) == 1
+    assert close(s["speedup"], s["best_seconds"]["before"] / s["best_seconds"]["after"])
+    assert s["optimizer"]["after"]["fused"] is True
+    assert 0 < s["mfu"]["after"] <= 1 and out["peak_flops"] >= out["probe_flops"]
+
+
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
-                                    "bench_compile.py", "gpu_bench.py", "build_memory.py"])
+                                    "bench_compile.py", "compare_trees.py", "gpu_bench.py",
+                                    "build_memory.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT, text=True,
                           capture_output=True)

@@ -619,7 +619,9 @@ def test_compare_on_slurm_rerun_waits_for_the_queued_job_and_ctrl_c_leaves_it(cl
             """Run the waiting command; once it reports the pending job, call ``action``."""
             proc = subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            killer = threading.Timer(180, proc.kill)
+            # A generous limit for start-up (imports, reading the data under a loaded CI
+            # machine), then 120 s for the command to react to the action.
+            killer = threading.Timer(600, proc.kill)
             killer.start()
             seen = []
             for line in proc.stderr:
@@ -627,8 +629,13 @@ def test_compare_on_slurm_rerun_waits_for_the_queued_job_and_ctrl_c_leaves_it(cl
                 if f"Slurm job {job} (" in line and "pending megabyte" in line:
                     action(proc)
                     break
-            stdout, rest = proc.communicate()
             killer.cancel()
+            try:
+                stdout, rest = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, rest = proc.communicate()
+                rest += "\n[test] still running 120 s after the action: killed"
             return subprocess.CompletedProcess(cmd, proc.returncode, stdout, "".join(seen) + rest)
 
         stopped = wait_then(lambda proc: proc.send_signal(signal.SIGINT))

@@ -83,7 +83,7 @@ def _adam_implementation(cfg: Config, device: torch.device) -> Dict[str, Any]:
     only). DeepSpeed passes ``fused`` through to ``torch.optim.AdamW``."""
     if cfg.parallel.deepspeed_fused_adam and device.type == "cuda":
         return {"torch_adam": False}
-    return {"torch_adam": True, "foreach": True}
+    return {"torch_adam": True, "fused": True}
 
 
 class LossModule(nn.Module):
