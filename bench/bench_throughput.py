@@ -28,7 +28,7 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from common import (ROOT, block_params, emit, machine, make_model, model_config, optimizer_name,
                     params, peak_memory_gb, sync, table, timed, training_step)
@@ -41,6 +41,19 @@ DEFAULT_CONTEXTS = {"cpu": [1024, 4096, 16384, 65536], "cuda": [1024, 4096, 1638
                                                                  1048576]}
 
 
+def point_record(cfg: Any, model: torch.nn.Module, batch: int, seconds: float, repeats: int,
+                 first_seconds: Optional[float], args: argparse.Namespace) -> Dict[str, Any]:
+    """The JSON of one measured (model, context) point: time, bytes/s and both FLOP counts."""
+    return {"arch": cfg.arch, "seq_len": cfg.seq_len, "batch": batch, "params": params(model),
+            "block_params": block_params(model),
+            "seconds_per_step": seconds, "repeats": repeats,
+            "first_step_seconds": first_seconds, "warmup": args.warmup,
+            "bytes_per_s": batch * cfg.seq_len / seconds,
+            "train_flops_per_byte": flops_per_byte(cfg, 256, training=True),
+            "executed_train_flops_per_byte": executed_flops_per_byte(cfg, 256, training=True),
+            "peak_memory_gb": peak_memory_gb(torch.device(args.device)), "status": "ok"}
+
+
 def worker(arch: str, seq_len: int, args: argparse.Namespace) -> Dict[str, Any]:
     """One (model, context) point, in this process: the median training step."""
     device = torch.device(args.device)
@@ -51,14 +64,7 @@ def worker(arch: str, seq_len: int, args: argparse.Namespace) -> Dict[str, Any]:
     ids = torch.randint(0, 256, (batch, seq_len), device=device)
     step = training_step(model, ids, args.backend if args.compile else None)
     t = timed(step, device, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget)
-    return {"arch": arch, "seq_len": seq_len, "batch": batch, "params": params(model),
-            "block_params": block_params(model),
-            "seconds_per_step": t["seconds"], "repeats": t["repeats"],
-            "first_step_seconds": t["first_seconds"], "warmup": args.warmup,
-            "bytes_per_s": batch * seq_len / t["seconds"],
-            "train_flops_per_byte": flops_per_byte(cfg, 256, training=True),
-            "executed_train_flops_per_byte": executed_flops_per_byte(cfg, 256, training=True),
-            "peak_memory_gb": peak_memory_gb(device), "status": "ok"}
+    return point_record(cfg, model, batch, t["seconds"], t["repeats"], t["first_seconds"], args)
 
 
 def pair_worker(seq_len: int, args: argparse.Namespace) -> Dict[str, Any]:
@@ -83,17 +89,10 @@ def pair_worker(seq_len: int, args: argparse.Namespace) -> Dict[str, Any]:
     for arch in ["megabyte", "transformer"] * max(args.repeats, 1) + ["megabyte"]:
         times[arch].append(once(arch))
     out = {}
-    for arch, t in times.items():
-        seconds = sorted(t)[len(t) // 2]
-        out[arch] = {"arch": arch, "seq_len": seq_len, "batch": batch,
-                     "params": params(models[arch]), "block_params": block_params(models[arch]),
-                     "seconds_per_step": seconds, "repeats": len(t), "step_seconds": t,
-                     "first_step_seconds": first[arch][0], "warmup": args.warmup,
-                     "bytes_per_s": batch * seq_len / seconds,
-                     "train_flops_per_byte": flops_per_byte(cfgs[arch], 256, training=True),
-                     "executed_train_flops_per_byte": executed_flops_per_byte(cfgs[arch], 256,
-                                                                              training=True),
-                     "peak_memory_gb": peak_memory_gb(device), "status": "ok", "interleaved": True}
+    for arch, t in times.items():  # upper median, as common.timed takes it
+        out[arch] = {**point_record(cfgs[arch], models[arch], batch, sorted(t)[len(t) // 2],
+                                    len(t), first[arch][0], args),
+                     "step_seconds": t, "interleaved": True}
     return out
 
 
