@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Any, Dict
 
-from common import (emit, machine, make_model, model_config, optimizer_name, params, table, timed,
+from common import (emit, machine, make_model, model_config, OPTIMIZER, params, table, timed,
                     training_step)
 
 import torch  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
     print(table(rows, ["size", "params", "T", "bytes/s", "MFU (work done)", "MFU (paper count)",
                        "global MFU (FLOP share)", "local MFU (FLOP share)"]), file=sys.stderr)
     emit({"benchmark": "mfu", "device": args.device, "dtype": dtype_name(dtype),
-          "compile": backend or None, "optimizer": optimizer_name(device),
+          "compile": backend or None, "optimizer": OPTIMIZER,
           "peak_flops": meter.peak, "peak_probe_flops": probe, "peak_source": meter.describe(),
           "datasheet_peak_flops": gpu_peak_flops(torch.cuda.get_device_name(device)) if cuda else None,
           "machine": machine(), "results": results}, args.output)

@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from common import (ROOT, block_params, emit, machine, make_model, model_config, optimizer_name,
+from common import (ROOT, block_params, emit, machine, make_model, model_config, OPTIMIZER,
                     params, peak_memory_gb, sync, table, timed, training_step)
 
 import torch  # noqa: E402  (after common, which sets up the import path)
@@ -189,7 +189,7 @@ def main() -> None:
                        "efficiency_causal"]), file=sys.stderr)
     emit({"benchmark": "throughput", "device": args.device, "dtype": args.dtype, "size": args.size,
           "batch_bytes": args.batch_bytes, "compile": args.backend if args.compile else None,
-          "optimizer": optimizer_name(torch.device(args.device)), "warmup": args.warmup,
+          "optimizer": OPTIMIZER, "warmup": args.warmup,
           "interleave": args.interleave,
           "repeats": args.repeats, "machine": machine(), "points": points}, args.output)
 

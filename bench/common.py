@@ -21,7 +21,14 @@ from pretrain.model import build_model, count_params  # noqa: E402
 from pretrain.model.losses import lm_loss  # noqa: E402
 from pretrain.runtime.compile import compile_model  # noqa: E402
 from pretrain.training.optim import build_optimizer  # noqa: E402
+from pretrain.runtime.host_memory import reuse_freed_host_memory  # noqa: E402
 from data_prep.vocab import ByteVocab  # noqa: E402
+
+# Benchmarks measure what the trainer does: on CPU it keeps freed activation memory for reuse
+# (train.host_memory_reuse=true). BENCH_HOST_MEMORY_REUSE=0 measures glibc's defaults instead
+# (bench/bench_host_memory.py runs both).
+HOST_MEMORY_REUSE = (os.environ.get("BENCH_HOST_MEMORY_REUSE", "1") != "0"
+                     and reuse_freed_host_memory())
 
 VOCAB = ByteVocab()
 
@@ -68,9 +75,9 @@ def training_step(model: torch.nn.Module, ids: torch.Tensor, compile_backend: Op
     return step
 
 
-def optimizer_name(device: torch.device) -> str:
-    """How :func:`training_step`'s AdamW runs on ``device`` (reported in the JSON)."""
-    return "AdamW fused"  # pretrain.training.optim.build_optimizer: fused on every device
+# How :func:`training_step`'s AdamW runs (reported in the JSON): build_optimizer makes it fused
+# on every device.
+OPTIMIZER = "AdamW fused"
 
 
 def params(model: torch.nn.Module) -> int:
@@ -126,7 +133,7 @@ def peak_memory_gb(device: torch.device) -> Optional[float]:
 def machine() -> Dict[str, Any]:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "host_memory_reuse": HOST_MEMORY_REUSE}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

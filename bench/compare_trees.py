@@ -7,7 +7,8 @@ Each (tree, size) step is timed in a fresh subprocess that imports *that* tree's
 optimizer (``pretrain.model.build_model``, ``pretrain.training.optim.build_optimizer``, the same
 seed, batch 1, one warm-up step, the median of ``--repeats``); the trees alternate (before, after,
 before, after: ``--rounds`` pairs) so that a machine whose speed drifts does not favour either, and
-each tree's best round is kept. MFU divides the work actually done (this tree's
+each tree's best round is kept. Each worker sets up host memory as its tree's trainer does on CPU
+(``pretrain.runtime.host_memory`` where the tree has it). MFU divides the work actually done (this tree's
 ``executed_flops_per_byte``) by one peak: the larger of this run's matmul probe
 (:func:`pretrain.runtime.perf.shared_peak`) and the best FLOP/s measured. One JSON object on stdout.
 """
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import Any, Dict
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = {"tiny": ((256, 2, 4), (128, 2, 4)), "small": ((512, 4, 8), (256, 4, 4))}
 
 
-def step_seconds(tree: str, size: str, seq_len: int, repeats: int) -> Dict[str, Any]:
-    """In this process, with ``tree`` first on the import path: the median training step."""
+def step_seconds(tree: str, stacks: str, seq_len: int, repeats: int) -> Dict[str, Any]:
+    """In this process, with ``tree`` first on the import path: the median training step of the
+    MEGABYTE whose (dim, layers, heads) global and local stacks ``stacks`` gives as JSON."""
     sys.path.insert(0, tree)
+    import importlib.util
+
     import torch
     import pretrain
 
@@ -39,7 +42,9 @@ def step_seconds(tree: str, size: str, seq_len: int, repeats: int) -> Dict[str, 
     from pretrain.model.losses import lm_loss
     from pretrain.training.optim import build_optimizer
 
-    g, loc = SIZES[size]
+    if importlib.util.find_spec("pretrain.runtime.host_memory"):  # as this tree's trainer does
+        importlib.import_module("pretrain.runtime.host_memory").reuse_freed_host_memory()
+    g, loc = json.loads(stacks)
     cfg = ModelConfig(arch="megabyte", seq_len=seq_len, patch_size=8, dropout=0.0,
                       global_model=StackConfig(*g), local_model=StackConfig(*loc))
     torch.manual_seed(0)
@@ -72,7 +77,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="before/after pairs per size")
     ap.add_argument("--fast", action="store_true", help="tiny, T=256, 2 repeats, 1 round")
     ap.add_argument("--output", default=None)
-    ap.add_argument("--worker", nargs=2, metavar=("TREE", "SIZE"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, metavar=("TREE", "STACKS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fast:
         args.sizes, args.seq_len, args.repeats, args.rounds = "tiny", 256, 2, 1
@@ -82,11 +87,10 @@ def main() -> None:
     if args.before is None or args.after is None:
         ap.error("give two source trees: BEFORE_TREE AFTER_TREE")
     # Only here, not at the top: a worker must import nothing of this tree before its own.
-    from common import emit, machine, table
+    from common import SIZES, emit, machine, model_config, table
 
     import torch
 
-    from pretrain.config import ModelConfig, StackConfig
     from pretrain.model.flops import executed_flops_per_byte
     from pretrain.runtime.perf import shared_peak
 
@@ -94,15 +98,16 @@ def main() -> None:
     trees = {"before": str(args.before.resolve()), "after": str(args.after.resolve())}
     sizes: Dict[str, Any] = {}
     for size in args.sizes.split(","):
-        g, loc = SIZES[size]
-        cfg = ModelConfig(arch="megabyte", seq_len=args.seq_len, patch_size=8, dropout=0.0,
-                          global_model=StackConfig(*g), local_model=StackConfig(*loc))
+        if size not in SIZES:
+            ap.error(f"unknown size {size!r} (bench/common.py SIZES: {', '.join(SIZES)})")
+        cfg = model_config("megabyte", size, args.seq_len)
+        stacks = json.dumps([[s.dim, s.layers, s.heads] for s in (cfg.global_model, cfg.local_model)])
         work = executed_flops_per_byte(cfg, 256, training=True) * args.seq_len
         runs: Dict[str, list] = {"before": [], "after": []}
         optimizer = {}
         for _ in range(args.rounds):
             for name, tree in trees.items():
-                proc = subprocess.run([sys.executable, __file__, "--worker", tree, size,
+                proc = subprocess.run([sys.executable, __file__, "--worker", tree, stacks,
                                        "--seq-len", str(args.seq_len), "--repeats",
                                        str(args.repeats)], cwd=ROOT, capture_output=True,
                                       text=True)

@@ -175,9 +175,22 @@ def test_compare_trees_fast():
     assert 0 < s["mfu"]["after"] <= 1 and out["peak_flops"] >= out["probe_flops"]
 
 
+def test_bench_host_memory_fast():
+    """Each setting in its own processes, alternated; the speed-up is the median of the rounds'
+    default / reuse ratios (the driver checks that each worker ran with the setting it was given)."""
+    out = run_bench("bench/bench_host_memory.py", "--fast")
+    assert out["machine"]["host_memory_reuse"] is True  # the driver runs as the trainer does
+    (p,) = out["points"]
+    assert (p["arch"], p["seq_len"], p["batch"]) == ("megabyte", 256, 32)
+    ratios = [d / r for d, r in zip(p["seconds_default"], p["seconds_reuse"])]
+    assert len(ratios) == 2 and all(close(a, b) for a, b in zip(ratios, p["speedup_per_round"]))
+    assert close(p["speedup"], sum(ratios) / 2)
+    assert p["peak_rss_gb_default"] > 0 and p["peak_rss_gb_reuse"] > 0
+
+
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
                                     "bench_compile.py", "compare_trees.py", "gpu_bench.py",
-                                    "build_memory.py"])
+                                    "build_memory.py", "bench_host_memory.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT, text=True,
                           capture_output=True)

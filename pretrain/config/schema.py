@@ -178,6 +178,10 @@ class TrainConfig:
     compile_backend: str = "inductor"
     """torch.compile backend with ``compile=true``: ``inductor`` (generated kernels) or
     ``aot_eager`` (traces and runs eager kernels: for debugging, no compiler needed)."""
+    host_memory_reuse: bool = True
+    """On CPU, keep freed activation memory in the process for the next step (glibc
+    ``mallopt``) instead of page-faulting fresh pages every step: 1.2-1.3x faster CPU steps
+    measured, for 40-55% more peak resident memory (``pretrain/runtime/host_memory.py``)."""
 
 
 @dataclass
