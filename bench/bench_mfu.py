@@ -6,7 +6,10 @@ MFU = (training FLOPs per byte of the work actually done, ``executed_flops_per_b
 attention at its real key counts) x (bytes per second) / peak; the paper's count is reported
 beside it. The peak is the one the trainer uses (:func:`pretrain.runtime.perf.shared_peak`: the
 best square matmul in the run's dtype, measured once in this process) raised to the best FLOP/s
-any measurement of this run achieved, so no MFU can exceed 1 (:class:`MFUMeter`). The global and
+any measurement of this run achieved, so no MFU can exceed 1 (:class:`MFUMeter`). On a machine
+whose speed drifts (this project's shared CI machine: tens of percent within a minute) a peak
+probed once meets steps timed at other speeds, so ``mfu_paired`` probes the same peak again right
+before each of ``--pairs`` steps and reports the median of the per-pair ratios. The global and
 local models are also timed on their own (forward + backward of each stack on inputs of the shapes
 the full model feeds them), because the local model dominates FLOPs. ``--compile`` compiles the
 model (and the stacks timed alone) with torch.compile first. One JSON object on stdout.
@@ -15,28 +18,50 @@ model (and the stacks timed alone) with torch.compile first. One JSON object on 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
-from typing import Any, Dict
+import time
+from typing import Any, Callable, Dict
 
-from common import (emit, machine, make_model, model_config, OPTIMIZER, params, table, timed,
+from common import (emit, machine, make_model, model_config, OPTIMIZER, params, sync, table, timed,
                     training_step)
 
 import torch  # noqa: E402
 
 from pretrain.model.flops import flops_breakdown  # noqa: E402
 from pretrain.runtime.compile import compile_model  # noqa: E402
-from pretrain.runtime.perf import MFUMeter, dtype_name, gpu_peak_flops, shared_peak  # noqa: E402
+from pretrain.runtime.perf import (MFUMeter, dtype_name, gpu_peak_flops, matmul_peak,  # noqa: E402
+                                   shared_peak)
+
+
+def paired_mfu(step: Callable[[], None], device: torch.device, dtype: torch.dtype,
+               work_per_step: float, pairs: int) -> Dict[str, Any]:
+    """MFU with the peak probed right before each timed step (the trainer's probe,
+    :func:`matmul_peak`), so a machine whose speed drifts meets each step with the peak of the
+    same moment: per pair achieved / max(probe, achieved), and the median over ``pairs``."""
+    ratios, probes = [], []
+    for _ in range(pairs):
+        probes.append(matmul_peak(device, dtype))
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        achieved = work_per_step / (time.perf_counter() - t0)
+        ratios.append(achieved / max(probes[-1], achieved))
+    return {"mfu_paired": statistics.median(ratios), "mfu_per_pair": ratios, "probes": probes}
 
 
 def measure(size: str, seq_len: int, batch: int, device: torch.device, dtype: torch.dtype,
-            repeats: int, budget: float, backend: str) -> Dict[str, Any]:
+            repeats: int, budget: float, backend: str, pairs: int) -> Dict[str, Any]:
     """Seconds and achieved FLOP/s (work done) of the full step and of each stack alone."""
     cfg = model_config("megabyte", size, seq_len)
     model = make_model(cfg, device, dtype)
     ids = torch.randint(0, 256, (batch, seq_len), device=device)
-    full = timed(training_step(model, ids, backend or None), device, 1, repeats, budget)
+    step = training_step(model, ids, backend or None)
+    full = timed(step, device, 1, repeats, budget)
     n_bytes = batch * seq_len
     work = flops_breakdown(cfg, 256, training=True, count="executed")
+    paired = paired_mfu(step, device, dtype, sum(work.values()) * n_bytes, pairs)
     paper = flops_breakdown(cfg, 256, training=True, count="paper")
     P, K = cfg.patch_size, seq_len // cfg.patch_size
     g, loc = cfg.global_model, cfg.local_model
@@ -57,7 +82,7 @@ def measure(size: str, seq_len: int, batch: int, device: torch.device, dtype: to
             "bytes_per_s": n_bytes / full["seconds"],
             "train_flops_per_byte": sum(paper.values()),
             "executed_train_flops_per_byte": sum(work.values()),
-            "achieved_flops": sum(work.values()) * n_bytes / full["seconds"], **levels}
+            "achieved_flops": sum(work.values()) * n_bytes / full["seconds"], **paired, **levels}
 
 
 def add_mfu(results: list, meter: MFUMeter) -> None:
@@ -80,6 +105,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per measurement")
+    ap.add_argument("--pairs", type=int, default=10, help="probe + step pairs of the paired MFU")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model first")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend with --compile")
     ap.add_argument("--fast", action="store_true", help="tiny model, short context")
@@ -92,20 +118,21 @@ def main() -> None:
     seq_len = args.seq_len or (8192 if cuda else 4096)
     batch = args.batch or (8 if cuda else 1)
     if args.fast:
-        sizes, seq_len, batch, args.repeats, args.budget = ["tiny"], 512, 1, 2, 10.0
+        sizes, seq_len, batch, args.repeats, args.budget, args.pairs = ["tiny"], 512, 1, 2, 10.0, 3
     probe = shared_peak(device, dtype)  # before the models: the same probe the trainer runs
     meter = MFUMeter(probe, dtype)
     backend = args.backend if args.compile else ""
-    results = [measure(s, seq_len, batch, device, dtype, args.repeats, args.budget, backend)
-               for s in sizes]
+    results = [measure(s, seq_len, batch, device, dtype, args.repeats, args.budget, backend,
+                       args.pairs) for s in sizes]
     add_mfu(results, meter)
     rows = [[r["size"], f"{r['params'] / 1e6:.1f}M", seq_len, f"{r['bytes_per_s']:.0f}",
-             f"{r['mfu']:.1%}", f"{r['mfu_paper_count']:.1%}",
+             f"{r['mfu']:.1%}", f"{r['mfu_paired']:.1%}", f"{r['mfu_paper_count']:.1%}",
              f"{r['global']['mfu']:.1%} ({r['global']['share_of_flops']:.0%})",
              f"{r['local']['mfu']:.1%} ({r['local']['share_of_flops']:.0%})"] for r in results]
     print(f"{meter.describe()}; probe {probe / 1e9:.1f} GFLOP/s; "
           f"{'compiled (' + backend + ')' if backend else 'eager'}", file=sys.stderr)
-    print(table(rows, ["size", "params", "T", "bytes/s", "MFU (work done)", "MFU (paper count)",
+    print(table(rows, ["size", "params", "T", "bytes/s", "MFU (work done)", "paired MFU",
+                       "MFU (paper count)",
                        "global MFU (FLOP share)", "local MFU (FLOP share)"]), file=sys.stderr)
     emit({"benchmark": "mfu", "device": args.device, "dtype": dtype_name(dtype),
           "compile": backend or None, "optimizer": OPTIMIZER,

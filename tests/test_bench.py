@@ -104,6 +104,12 @@ def check_mfu_output(out: dict) -> None:
         x = r[level]
         assert close(x["mfu"], x["share_of_flops"] * fpb * n_bytes / x["seconds"] / peak), level
     assert all(0 < m <= 1 for m in (r["mfu"], r["global"]["mfu"], r["local"]["mfu"]))
+    # Paired MFU: one probe before each timed step, the median of the pairs' ratios (each <= 1).
+    import statistics
+
+    assert len(r["probes"]) == len(r["mfu_per_pair"]) > 0
+    assert all(0 < m <= 1 for m in r["mfu_per_pair"])
+    assert close(r["mfu_paired"], statistics.median(r["mfu_per_pair"]))
     # The level shares by hand (3x forward, causal attention at its mean key count), and with
     # the rest of the step (w_GL projection and tied output head) they add up to the whole.
     P, K = cfg.patch_size, cfg.seq_len // cfg.patch_size
