@@ -61,7 +61,8 @@ def measure(size: str, seq_len: int, batch: int, device: torch.device, dtype: to
     full = timed(step, device, 1, repeats, budget)
     n_bytes = batch * seq_len
     work = flops_breakdown(cfg, 256, training=True, count="executed")
-    paired = paired_mfu(step, device, dtype, sum(work.values()) * n_bytes, pairs)
+    work_per_byte = sum(work.values())
+    paired = paired_mfu(step, device, dtype, work_per_byte * n_bytes, pairs)
     paper = flops_breakdown(cfg, 256, training=True, count="paper")
     P, K = cfg.patch_size, seq_len // cfg.patch_size
     g, loc = cfg.global_model, cfg.local_model
@@ -75,14 +76,14 @@ def measure(size: str, seq_len: int, batch: int, device: torch.device, dtype: to
             stack(x).float().square().mean().backward()
 
         t = timed(run_stack, device, 1, repeats, budget)["seconds"]
-        levels[level] = {"share_of_flops": work[level] / sum(work.values()), "seconds": t,
+        levels[level] = {"share_of_flops": work[level] / work_per_byte, "seconds": t,
                          "achieved_flops": work[level] * n_bytes / t}
     return {"size": size, "seq_len": seq_len, "batch": batch, "params": params(model),
             "seconds_per_step": full["seconds"], "first_step_seconds": full["first_seconds"],
             "bytes_per_s": n_bytes / full["seconds"],
             "train_flops_per_byte": sum(paper.values()),
-            "executed_train_flops_per_byte": sum(work.values()),
-            "achieved_flops": sum(work.values()) * n_bytes / full["seconds"], **paired, **levels}
+            "executed_train_flops_per_byte": work_per_byte,
+            "achieved_flops": work_per_byte * n_bytes / full["seconds"], **paired, **levels}
 
 
 def add_mfu(results: list, meter: MFUMeter) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from typing import Optional
@@ -108,8 +109,6 @@ def check_mfu_output(out: dict) -> None:
         assert close(x["mfu"], x["share_of_flops"] * fpb * n_bytes / x["seconds"] / peak), level
     assert all(0 < m <= 1 for m in (r["mfu"], r["global"]["mfu"], r["local"]["mfu"]))
     # Paired MFU: one probe before each timed step, the median of the pairs' ratios (each <= 1).
-    import statistics
-
     assert len(r["probes"]) == len(r["mfu_per_pair"]) > 0
     assert all(0 < m <= 1 for m in r["mfu_per_pair"])
     assert close(r["mfu_paired"], statistics.median(r["mfu_per_pair"]))

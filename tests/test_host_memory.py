@@ -48,10 +48,11 @@ def test_freed_activations_are_reused_instead_of_page_faulted_again():
 
 
 def test_the_trainer_applies_it_on_cpu_unless_switched_off(tmp_path, monkeypatch):
+    import pretrain.runtime.host_memory as host_memory
     import pretrain.training.trainer as trainer_module
 
     calls = []
-    monkeypatch.setattr(trainer_module, "reuse_freed_host_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(host_memory, "reuse_freed_host_memory", lambda: calls.append(1) or True)
     for flag, expected in (("true", 1), ("false", 0)):
         calls.clear()
         cfg = load_config(CONFIG_DIR / "debug.yaml", [

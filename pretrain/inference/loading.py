@@ -11,7 +11,7 @@ from pretrain.checkpoints.consolidate import read_any
 from pretrain.config import Config, config_from_dict
 from pretrain.model import Model, build_model
 from pretrain.runtime.device import pick_device
-from pretrain.runtime.host_memory import reuse_freed_host_memory
+from pretrain.runtime.host_memory import apply_host_memory_setting
 
 
 def load_for_inference(path: Path, overrides: Sequence[str] = ()) -> Tuple[Config, Model, Vocab]:
@@ -25,8 +25,7 @@ def load_for_inference(path: Path, overrides: Sequence[str] = ()) -> Tuple[Confi
     model = build_model(cfg.model, vocab.vocab_size, vocab.pad_id, vocab.bos_id)
     model.load_state_dict(state["model"])
     device = pick_device(cfg.train.device)
-    if device.type == "cpu" and cfg.train.host_memory_reuse:
-        reuse_freed_host_memory()
+    apply_host_memory_setting(device, cfg.train.host_memory_reuse)
     model.to(device).eval()
     for p in model.parameters():  # inference only (no global grad switch: callers may train)
         p.requires_grad_(False)

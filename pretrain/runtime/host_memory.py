@@ -22,6 +22,10 @@ import ctypes.util
 import platform
 from typing import Optional
 
+import torch
+
+from pretrain.runtime.logs import get_logger
+
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -54,6 +58,18 @@ def reuse_freed_host_memory() -> bool:
                         and _mallopt(libc, _M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
                         and _mallopt(libc, _M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
     return _applied
+
+
+def apply_host_memory_setting(device: torch.device, enabled: bool) -> bool:
+    """``train.host_memory_reuse`` for a process computing on ``device``: on CPU and enabled,
+    :func:`reuse_freed_host_memory` (a log line where the C library is not glibc); elsewhere
+    nothing. Returns whether the setting is in effect."""
+    if device.type != "cpu" or not enabled:
+        return False
+    if not reuse_freed_host_memory():
+        get_logger().info("train.host_memory_reuse: the C library is not glibc; its defaults stay")
+        return False
+    return True
 
 
 def _mallopt(libc: ctypes.CDLL, param: int, value: int) -> bool:

@@ -29,7 +29,7 @@ from pretrain.model.flops import executed_flops_per_byte
 from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
 from pretrain.runtime.compile import compile_model, compile_seconds
 from pretrain.runtime.device import pick_device
-from pretrain.runtime.host_memory import reuse_freed_host_memory
+from pretrain.runtime.host_memory import apply_host_memory_setting
 from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
 from pretrain.runtime.perf import MFUMeter, format_flops, memory_gb, shared_peak
 from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
@@ -48,9 +48,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = device or pick_device(cfg.train.device)
-        if (self.device.type == "cpu" and cfg.train.host_memory_reuse
-                and not reuse_freed_host_memory()):
-            log.info("train.host_memory_reuse: the C library is not glibc; its defaults stay")
+        apply_host_memory_setting(self.device, cfg.train.host_memory_reuse)
         self.is_main, self.world_size = rank == 0, derived.world_size
         self.amp = self.autocast_dtype()
         seed_everything(cfg.train.seed)
