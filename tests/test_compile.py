@@ -122,3 +122,49 @@ def test_compiled_evaluation_gives_the_eager_bits_per_byte(real_text):
     assert getattr(model, "_compiled_call_impl", None) is not None
     assert compiled["bytes"] == eager["bytes"] == 1000
     assert compiled["bpb"] == pytest.approx(eager["bpb"], rel=1e-6)
+
+
+def test_compile_relu_matches_eager_relu_values_and_gradients():
+    """The ReLU taken under torch.compile (grad * sign(y)) equals F.relu's value and gradient,
+    zeros and negatives included."""
+    from pretrain.model.layers import _ReluGradFromOutput
+
+    x = torch.tensor([-2.0, -0.0, 0.0, 1e-30, 3.0]).repeat(4, 1) * torch.randn(4, 1).abs()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn_like(x)
+    torch.nn.functional.relu(a).backward(grad)
+    y = _ReluGradFromOutput.apply(b)
+    y.backward(grad)
+    assert torch.equal(y, torch.relu(x))
+    assert torch.equal(b.grad, a.grad)
+
+
+@pytest.mark.parametrize("arch", ["megabyte", "transformer"])
+def test_compiled_training_graph_saves_no_boolean_tensor(arch):
+    """What the compiled forward keeps for the backward (partitioned as inductor does) holds no
+    bool tensor: inductor's CPU kernels write bools at ~20 ns per element, which made a
+    compiled tiny MEGABYTE step 0.72x as fast as eager through ReLU's saved mask alone."""
+    from functorch.compile import min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+
+    saved_dtypes = []
+
+    def forward_compiler(gm: torch.fx.GraphModule, example_inputs):
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        saved_dtypes.extend(a.meta["val"].dtype for a in out.args[0]
+                            if isinstance(a, torch.fx.Node) and "val" in a.meta)
+        return gm
+
+    from torch._inductor.decomposition import select_decomp_table
+
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm,
+                           partition_fn=min_cut_rematerialization_partition,
+                           decompositions=select_decomp_table())  # inductor's
+    torch._dynamo.reset()
+    cfg = tiny_model_config(arch, conv_encoder=arch == "megabyte")
+    model = build_model(cfg, VOCAB.vocab_size, VOCAB.pad_id, VOCAB.bos_id, seed=3)
+    ids = torch.randint(0, 256, (2, cfg.seq_len), generator=torch.Generator().manual_seed(1))
+    compile_model(model, torch.device("cpu"), backend)
+    lm_loss(model(ids), ids).backward()
+    assert saved_dtypes and torch.float32 in saved_dtypes
+    assert torch.bool not in saved_dtypes, saved_dtypes

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.config import ModelConfig
-from pretrain.model.layers import KV, KVCache, LinearFactory, Rotary, TransformerStack, plain_linear
+from pretrain.model.layers import (
+    KV,
+    KVCache,
+    LinearFactory,
+    Rotary,
+    TransformerStack,
+    activation_fn,
+    plain_linear,
+)
 
 
 class CausalConvEncoder(nn.Module):
@@ -34,7 +42,7 @@ class CausalConvEncoder(nn.Module):
         super().__init__()
         self.kernel_sizes = list(kernel_sizes)
         self.convs = nn.ModuleList(nn.Conv1d(dim, dim, k) for k in self.kernel_sizes)
-        self.act = F.relu if activation == "relu" else F.gelu
+        self.act = activation_fn(activation)
         # Output at position i depends on inputs i - receptive_field .. i.
         self.receptive_field = sum(k - 1 for k in self.kernel_sizes)
 
