@@ -246,3 +246,41 @@ def test_attention_split_by_unbind_is_bitwise_the_indexed_split():
         grads.append((out.detach(), xi.grad, attn.qkv.weight.grad, attn.proj.weight.grad))
     for new, old in zip(*grads):
         assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("L,heads", [(8, 4), (4, 2), (1, 4)])
+def test_folded_short_attention_matches_per_head_attention(L, heads):
+    """Short causal self-attention on CPU (L * H <= 32, MEGABYTE's local model) runs with the
+    heads folded into one masked sequence; outputs and gradients equal the per-head causal
+    attention to float rounding, and the folded path is the one taken."""
+    import torch.nn.functional as F
+
+    from pretrain.model import layers
+    from pretrain.model.layers import Attention
+
+    hd = 8
+    attn = Attention(dim=heads * hd, heads=heads, dropout=0.0)
+    x = torch.randn(6, L, heads * hd, generator=torch.Generator().manual_seed(0))
+    assert layers.fold_heads(x.device, L, heads)
+
+    def per_head(x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (t.transpose(1, 2) for t in attn.qkv(x).view(6, L, heads, 3, hd).unbind(3))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return attn.proj(y.transpose(1, 2).reshape(6, L, -1))
+
+    calls = []
+    original = layers.folded_causal_attention
+    layers.folded_causal_attention = lambda *a: calls.append(1) or original(*a)
+    try:
+        results = []
+        for fn in (lambda t: attn(t)[0], per_head):
+            xi = x.clone().requires_grad_(True)
+            attn.zero_grad(set_to_none=True)
+            out = fn(xi)
+            out.pow(2).sum().backward()
+            results.append((out.detach(), xi.grad, attn.qkv.weight.grad, attn.proj.weight.grad))
+    finally:
+        layers.folded_causal_attention = original
+    assert calls == [1]
+    for new, ref in zip(*results):
+        torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
