@@ -237,15 +237,18 @@ def test_attention_split_by_unbind_is_bitwise_the_indexed_split():
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return attn.proj(y.transpose(1, 2).reshape(3, 16, -1))
 
-    grads = []
-    for fn in (lambda t: attn(t)[0], indexed):
-        xi = x.clone().requires_grad_(True)
-        attn.zero_grad(set_to_none=True)
-        out = fn(xi)
-        out.pow(2).sum().backward()
-        grads.append((out.detach(), xi.grad, attn.qkv.weight.grad, attn.proj.weight.grad))
-    for new, old in zip(*grads):
+    for new, old in zip(*(outputs_and_grads(attn, fn, x) for fn in (lambda t: attn(t)[0], indexed))):
         assert torch.equal(new, old)
+
+
+def outputs_and_grads(attn, fn, x: torch.Tensor):
+    """(output, grad of x, grad of the qkv weight, grad of the proj weight) of ``fn(x)`` under
+    the loss sum(out^2), for an :class:`Attention` module ``attn``."""
+    xi = x.clone().requires_grad_(True)
+    attn.zero_grad(set_to_none=True)
+    out = fn(xi)
+    out.pow(2).sum().backward()
+    return out.detach(), xi.grad, attn.qkv.weight.grad, attn.proj.weight.grad
 
 
 @pytest.mark.parametrize("L,heads", [(8, 4), (4, 2), (1, 4)])
@@ -272,13 +275,7 @@ def test_folded_short_attention_matches_per_head_attention(L, heads):
     original = layers.folded_causal_attention
     layers.folded_causal_attention = lambda *a: calls.append(1) or original(*a)
     try:
-        results = []
-        for fn in (lambda t: attn(t)[0], per_head):
-            xi = x.clone().requires_grad_(True)
-            attn.zero_grad(set_to_none=True)
-            out = fn(xi)
-            out.pow(2).sum().backward()
-            results.append((out.detach(), xi.grad, attn.qkv.weight.grad, attn.proj.weight.grad))
+        results = [outputs_and_grads(attn, fn, x) for fn in (lambda t: attn(t)[0], per_head)]
     finally:
         layers.folded_causal_attention = original
     assert calls == [1]

@@ -102,6 +102,8 @@ class Attention(nn.Module):
         (:func:`window_mask`) is used (and-ed with ``mask`` if one is given); otherwise the
         window covers every key and the paths above run unchanged (bit-identical to W = 0).
         ``rope``: (cos_q, sin_q, cos_k, sin_k) tables for the queries and for *all* keys.
+        Plain causal self-attention of short sequences on CPU (L * H <= 32, MEGABYTE's local
+        model) runs with the heads folded into one sequence (:func:`folded_causal_attention`).
         """
         N, L, _ = x.shape
         hd = self.head_dim
