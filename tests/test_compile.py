@@ -144,7 +144,7 @@ def test_compiled_training_graph_saves_no_boolean_tensor(arch):
     """What the compiled forward keeps for the backward (partitioned as inductor does) holds no
     bool tensor: inductor's CPU kernels write bools at ~20 ns per element, which made a
     compiled tiny MEGABYTE step 0.72x as fast as eager through ReLU's saved mask alone."""
-    from functorch.compile import min_cut_rematerialization_partition
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
 
     saved_dtypes = []
@@ -153,11 +153,11 @@ def test_compiled_training_graph_saves_no_boolean_tensor(arch):
         out = next(n for n in gm.graph.nodes if n.op == "output")
         saved_dtypes.extend(a.meta["val"].dtype for a in out.args[0]
                             if isinstance(a, torch.fx.Node) and "val" in a.meta)
-        return gm
+        return make_boxed_func(gm)
 
     from torch._inductor.decomposition import select_decomp_table
 
-    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: gm,
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, _: make_boxed_func(gm),
                            partition_fn=min_cut_rematerialization_partition,
                            decompositions=select_decomp_table())  # inductor's
     torch._dynamo.reset()

@@ -167,7 +167,10 @@ def folded_causal_attention(qkv: Tensor, dropout: float) -> Tensor:
     """
     N, L, H, _, hd = qkv.shape
     q, k, v = (t.reshape(N, 1, L * H, hd) for t in qkv.unbind(3))  # (N, 1, L*H, hd), views
-    mask = folded_causal_mask(L, H, qkv.device)
+    # Under torch.compile the mask is built in the graph (constant-folded) rather than read from
+    # the lru_cache, which Dynamo would trace through with a warning.
+    build = folded_causal_mask.__wrapped__ if torch.compiler.is_compiling() else folded_causal_mask
+    mask = build(L, H, qkv.device)  # (L*H, L*H)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     return y.reshape(N, L, H * hd)
 
