@@ -167,19 +167,16 @@ def folded_causal_attention(qkv: Tensor, dropout: float) -> Tensor:
     """
     N, L, H, _, hd = qkv.shape
     q, k, v = (t.reshape(N, 1, L * H, hd) for t in qkv.unbind(3))  # (N, 1, L*H, hd), views
-    # Under torch.compile the mask is built in the graph (a few microseconds: integer compares
-    # write bools fast, unlike the float ones in :func:`relu`) rather than read from the
-    # lru_cache, which Dynamo would trace through with a warning.
-    build = folded_causal_mask.__wrapped__ if torch.compiler.is_compiling() else folded_causal_mask
-    mask = build(L, H, qkv.device)  # (L*H, L*H)
+    mask = folded_causal_mask(L, H, qkv.device)  # (L*H, L*H)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     return y.reshape(N, L, H * hd)
 
 
-@lru_cache(maxsize=8)
 def folded_causal_mask(seq_len: int, heads: int, device: torch.device) -> Tensor:
     """(L*H, L*H) boolean mask over rows ordered (position, head), True = may attend: same head,
-    key position <= query position. Cached per shape; do not modify (shared)."""
+    key position <= query position. Built per call, not cached: at most 32 x 32, a few
+    microseconds against milliseconds of attention, and under torch.compile it is traced into
+    the graph (integer compares: inductor writes these bools fast, unlike :func:`relu`'s)."""
     pos = torch.arange(seq_len, device=device).repeat_interleave(heads)  # (L*H,)
     head = torch.arange(heads, device=device).repeat(seq_len)  # (L*H,)
     return (head[:, None] == head[None, :]) & (pos[None, :] <= pos[:, None])
@@ -230,9 +227,9 @@ def relu(x: Tensor) -> Tensor:
 
     Why: inductor saves ``F.relu``'s backward mask as a bool tensor, and its CPU kernels write
     bools from float comparisons at ~20 ns per element (torch 2.13, AVX-512 and scalar code
-    alike; integer comparisons are ~0.5 ns; 37 ms for the tiny
-    local MLP's (4096, 512) hidden layer, where the ReLU itself takes 0.8 ms), which made the
-    compiled tiny MEGABYTE step 0.72x as fast as eager. Multiplying by the sign of the saved
+    alike; integer comparisons ~0.5 ns): 37 ms for the tiny local MLP's (4096, 512) hidden
+    layer, where the ReLU itself takes 0.8 ms, which made the compiled tiny MEGABYTE step 0.72x
+    as fast as eager. Multiplying by the sign of the saved
     output (which the next matmul's backward keeps anyway) stores no mask.
     """
     if torch.compiler.is_compiling():
