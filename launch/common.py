@@ -23,7 +23,8 @@ LAUNCH_DIR = "launch"
 """Subdirectory of the run directory with the launch files (config, job script, requeue count)."""
 STOP_REASON = "stop_reason"
 """Written by rank 0 at the end of training: ``signal`` (checkpointed, requeue me), ``max_steps``
-or ``max_minutes`` (finished)."""
+or ``max_minutes`` (finished), ``diverged`` (aborted after too many non-finite steps: not requeued,
+resuming would replay the same batches)."""
 
 
 def launch_dir(run_dir: os.PathLike | str) -> Path:
@@ -72,7 +73,8 @@ def worker_command(python: str, expect_world_size: int, config_path: str,
 
 
 def read_stop_reason(run_dir: os.PathLike | str) -> Optional[str]:
-    """``signal`` / ``max_steps`` / ``max_minutes``, or None when training wrote none (a failure)."""
+    """``signal`` / ``max_steps`` / ``max_minutes`` / ``diverged``, or None when training wrote none
+    (a crash)."""
     try:
         return (Path(run_dir) / STOP_REASON).read_text().strip() or None
     except OSError:

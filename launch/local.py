@@ -9,8 +9,9 @@ Stopping: SIGUSR1, SIGTERM or Ctrl-C make every process checkpoint at its next s
 exit (a second Ctrl-C kills them). The launcher then exits 75, and running the same command again
 resumes. One JSON object goes to stdout (run directory, stop reason, results); logs to stderr.
 
-Exit codes: 0 finished; 75 stopped on a signal after checkpointing; 2 bad config; otherwise the
-failure code of torchrun.
+Exit codes: 0 finished; 75 stopped on a signal after checkpointing; 2 bad config; 3 diverged
+(too many non-finite steps in a row; ``stop_reason`` ``diverged``); otherwise the failure code of
+torchrun.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def run(nproc: int, config: Optional[str], overrides: List[str], dry_run: bool =
     reason = read_stop_reason(cfg.run_dir)
     return {"run_dir": cfg.run_dir, "nproc": nproc, "stop_reason": reason,
             "torchrun_exit_code": code, "config": str(path),
-            "results": read_json(Path(cfg.run_dir) / "results.json") if reason else None}
+            "results": (read_json(Path(cfg.run_dir) / "results.json")
+                        if reason and reason != processes.DIVERGED else None)}
 
 
 def exit_code(result: Dict[str, Any]) -> int:
@@ -133,6 +135,8 @@ def exit_code(result: Dict[str, Any]) -> int:
         return 0
     if reason == "signal":
         return EXIT_REQUEUE
+    if reason == processes.DIVERGED:
+        return processes.EXIT_ABORT
     return result.get("torchrun_exit_code") or 1
 
 

@@ -23,10 +23,13 @@ matched compute, on your data.
    ids go to ``OUT/slurm_job.json``), waits for it (a line on stderr whenever a task's state
    changes) and then goes on below. A task that failed, was cancelled or timed out ends the
    command with exit 2 naming the run and its Slurm log; running the command again resubmits
-   the unfinished runs, which resume from their checkpoints. Ctrl-C (exit 130) stops only the
-   waiting: the jobs keep running, and the same command, run again while they are queued or
-   running, waits for them instead of submitting again. ``--no-wait`` submits and returns;
-   ``--slurm-dry-run`` prints the job array script only.
+   the unfinished runs, which resume from their checkpoints. A run that diverged (too many
+   non-finite steps in a row: resuming would replay the same batches) is not trained or
+   submitted again unless ``--retry-diverged``; an LR-sweep point that diverged is left out of
+   the choice. Ctrl-C (exit 130) stops only the waiting: the jobs keep running, and the same
+   command, run again while they are queued or running, waits for them instead of submitting
+   again. ``--no-wait`` submits and returns; ``--slurm-dry-run`` prints the job array script
+   only.
 4. Evaluation of all three on the *same* held-out bytes (``OUT/heldout.bin``) in basic, sliding
    and strided (MEGABYTE only) modes, exactly as ``python -m pretrain.evaluate --files
    OUT/heldout.bin`` reports them; gzip -9 and xz -6 on the same bytes as reference points.
@@ -115,6 +118,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--budgets", default=None, metavar="LIST",
                     help="train every model at each of these budgets: multiples of the budget "
                          "(0.25x,0.5x,1x) or bytes (800K,3MiB); the report states crossovers")
+    ap.add_argument("--retry-diverged", action="store_true",
+                    help="train again the runs whose last attempt diverged (too many non-finite "
+                         "steps in a row; by default they are reported as failed and not retried, "
+                         "since resuming replays the same batches)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (repeatable), e.g. --set train.dtype=bf16")
     args = ap.parse_args(argv)
@@ -172,7 +179,7 @@ def train_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], out: Path)
     here (``--slurm-dry-run``, ``--no-wait``) after printing what it did as JSON."""
     slurm = [o for o in args.overrides if o.startswith("slurm.")]
     if args.slurm_dry_run:
-        print(json.dumps(runs.submit_slurm(plans, out, True, slurm)))
+        print(json.dumps(runs.submit_slurm(plans, out, True, slurm, args.retry_diverged)))
         return False
     record = runs.job_active(out)
     if record is not None:
@@ -180,7 +187,7 @@ def train_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], out: Path)
             "running: waiting for it instead of submitting again")
         submitted: Dict[str, Any] = {"submitted": False, "job": record}
     else:
-        submitted = runs.submit_slurm(plans, out, False, slurm)
+        submitted = runs.submit_slurm(plans, out, False, slurm, args.retry_diverged)
         record = submitted["job"]
     if args.no_wait:
         log(f"not waiting (--no-wait): run the same command again to wait for Slurm job "
@@ -188,8 +195,10 @@ def train_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], out: Path)
         print(json.dumps(submitted))
         return False
     runs.wait_slurm(record, plans)
-    missing = [p.name for p in plans if not runs.finished(p)]
-    if missing:  # not in that submission (e.g. a run directory deleted meanwhile): never train here
+    # Not in that submission (e.g. a run directory deleted meanwhile): never train here. (A run
+    # that diverged in it made wait_slurm raise; one left out as diverged earlier is not missing.)
+    missing = [p.name for p in plans if runs.to_train(p, retry_diverged=False)]
+    if missing:
         raise RuntimeError(f"{', '.join(missing)}: not trained by Slurm job {record['job_id']}; "
                            "run the same command again to submit them")
     return True
@@ -199,7 +208,8 @@ def train_here_or_on_slurm(args: argparse.Namespace, plans: List[MatchedRun], bo
     """Train the unfinished runs as one Slurm job array (bookkeeping in ``book``) when asked and
     wait for it; False when the command ends here (``--slurm-dry-run``, ``--no-wait``). Runs
     not trained on Slurm train here afterwards (:func:`runs.train` skips finished ones)."""
-    if (args.slurm or args.slurm_dry_run) and any(not runs.finished(p) for p in plans):
+    if (args.slurm or args.slurm_dry_run) and any(runs.to_train(p, args.retry_diverged)
+                                                   for p in plans):
         return train_on_slurm(args, plans, book)
     return True
 
@@ -245,7 +255,7 @@ def select_lrs(args: argparse.Namespace, make: sweep.MakePlans, models: List[str
         # failed point.)
         if runs.finished(p.plan) or not slurm_failed:
             try:
-                runs.train(p.plan, book, args.nproc)
+                runs.train(p.plan, book, args.nproc, args.retry_diverged)
                 scored = runs.evaluate(p.plan, selection, ["basic"], args.out, "eval_selection")
                 bpb = scored["results"]["basic"]["bpb"]
             except RuntimeError as err:  # diverged or crashed: it cannot be chosen
@@ -297,7 +307,7 @@ def sweep_sections(args: argparse.Namespace, found: Sweeps, mode: str
     if args.budgets:
         curves: Dict[str, List[Dict[str, Any]]] = {}
         for p in sorted(found.points, key=lambda p: p.budget):
-            done = runs.train(p.plan, args.out, args.nproc)
+            done = runs.train(p.plan, args.out, args.nproc, args.retry_diverged)
             bpb = runs.evaluate(p.plan, args.out / "heldout.bin", [mode], args.out,
                                 "eval_budgets")["results"][mode]["bpb"]
             curves.setdefault(p.model, []).append(
@@ -332,7 +342,7 @@ def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         sections, extra = sweep_sections(args, found, modes[0])
     elif not train_here_or_on_slurm(args, plans, out):
         return None
-    trained = {p.name: runs.train(p, out, args.nproc) for p in plans}
+    trained = {p.name: runs.train(p, out, args.nproc, args.retry_diverged) for p in plans}
     evals = {p.name: runs.evaluate(p, heldout, modes, out) for p in plans}
     convergence = converged(plans, evals, modes[0])
     sections.insert(0, report.convergence_section(convergence["slopes"], convergence["verdicts"]))

@@ -9,8 +9,8 @@ Started by torchrun (or the deepspeed launcher) it runs the DeepSpeed engine: Ze
 CPU and nccl on GPU. It resumes from ``<run_dir>/checkpoints/latest`` automatically.
 
 Exit codes: 0 done; 2 bad config or input; 3 aborted after too many non-finite steps in a row
-(the last good checkpoint is kept); 75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint
-(requeue the job and it resumes).
+(the last good checkpoint is kept; ``<run_dir>/stop_reason`` says ``diverged``); 75 stopped by
+SIGTERM/SIGUSR1 after saving a checkpoint (requeue the job and it resumes).
 """
 
 from __future__ import annotations

@@ -398,6 +398,30 @@ def test_lr_sweep_and_budgets_end_to_end(compared, tmp_path):
     assert (cmp / "bpb_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_diverged_sweep_point_is_left_out_and_never_retrained(compared, tmp_path):
+    """An LR of 1e30 diverges for real (the first update makes the activations overflow): the
+    sweep leaves that point out of the choice and its run says ``diverged``; a rerun, here or as
+    a Slurm array, neither trains nor submits it again; ``--retry-diverged`` does."""
+    out, _, _ = compared
+    args = ("--models", "megabyte", "--lr-sweep", "1e-3,1e30", "--modes", "basic",
+            "--set", "train.max_skipped_in_a_row=0")
+    first, got = compare_again(out, tmp_path, "32768", *args)
+    assert got["lr_sweep"]["grid"]["megabyte"]["1e+30"] is None, first.stderr[-3000:]
+    assert got["lr_sweep"]["grid"]["megabyte"]["0.001"] < 8
+    assert got["lr_sweep"]["chosen"]["megabyte"] == 1e-3
+    bad = tmp_path / "cmp" / "runs" / "megabyte-8192B-lr1e+30"
+    assert (bad / "stop_reason").read_text().strip() == "diverged"
+    assert "megabyte-8192B-lr1e+30: training diverged" in first.stderr
+    again, _ = compare_again(out, tmp_path, "32768", *args, "--slurm-dry-run")
+    assert ": training (" not in again.stderr and "submitting" not in again.stderr
+    assert "megabyte-8192B-lr1e+30: diverged in an earlier attempt" in again.stderr
+    retry, dry = compare_again(out, tmp_path, "32768", *args, "--slurm-dry-run",
+                               "--retry-diverged")
+    assert "submitting 1 runs" in retry.stderr and "#SBATCH --array" not in dry["launch"]
+    submitted = json.loads(Path(dry["sweep"]).read_text())["runs"]
+    assert [Path(r["config"]).stem for r in submitted] == ["megabyte-8192B-lr1e+30"]
+
+
 def test_compare_on_one_file_holds_out_its_last_bytes(tmp_path):
     """A corpus that is one file (a book, an enwik8-style dump) goes through the comparison out of
     the box: cut into ~64 KiB documents at line ends, the last --val-fraction of its bytes held

@@ -271,6 +271,7 @@ def test_nan_step_is_skipped_and_counted(tmp_path, stage):
                     check=False)
     assert proc.returncode != 0 and "exitcode  : 3" in proc.stderr
     assert not (bad / "checkpoints" / "latest").exists()
+    assert (bad / "stop_reason").read_text() == "diverged\n"  # launchers do not requeue it
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:

@@ -301,6 +301,20 @@ def test_failure_without_stop_reason_is_not_requeued(tmp_path, hostile_plan):
     assert "requeue" not in rec["scontrol"].read_text()
 
 
+def test_a_diverged_run_is_not_requeued_and_exits_3(tmp_path, hostile_plan):
+    """Training that aborted on non-finite steps (``stop_reason`` ``diverged``) would replay the
+    same batches if requeued: the job script and the local launcher both end it with exit 3."""
+    from launch.local import exit_code
+
+    plan, _, run_dir = hostile_plan
+    rec = stub_slurm(tmp_path / "bin", stop_reason="diverged", python_rc=1)
+    proc = run_job_script(plan.script_path, tmp_path / "bin", tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "training diverged" in proc.stderr and "not requeued" in proc.stderr
+    assert "requeue" not in rec["scontrol"].read_text()
+    assert exit_code({"stop_reason": "diverged", "torchrun_exit_code": 1}) == 3
+
+
 def test_loopback_master_fails_without_the_escape_hatch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plan = slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), [

@@ -454,6 +454,30 @@ def test_compare_waits_then_names_the_failed_run(tmp_path, capsys):
     assert runs.job_active(tmp_path, _fake_query(states[-1:])) is None
 
 
+def test_compare_names_a_diverged_task_and_does_not_resubmit_it(tmp_path):
+    """A task whose training diverged (``stop_reason`` ``diverged``) is named as diverged, and
+    the next submission leaves it out unless retried; an ordinary failure is resubmitted."""
+    from pretrain.comparison import runs
+
+    plans = _fake_plans(tmp_path)
+    record = runs.record_job(tmp_path, plans, {"job_id": "13", "array_size": 3,
+                                               "log": str(tmp_path / "slurm-13_%a.out")})
+    _finish(plans[0])
+    for plan in plans[1:]:
+        Path(plan.cfg.run_dir).mkdir(parents=True)
+    (Path(plans[1].cfg.run_dir) / "stop_reason").write_text("diverged\n")
+    ended = {"13": {0: "COMPLETED", 1: "FAILED", 2: "FAILED"}}
+    with pytest.raises(RuntimeError) as err:
+        runs.wait_slurm(record, plans, ended.get, lambda s: None)
+    msg = str(err.value)
+    assert "transformer_bytes diverged (too many non-finite steps in a row" in msg, msg
+    assert f"transformer_subword FAILED (log {tmp_path / 'slurm-13_2.out'})" in msg, msg
+    assert [runs.to_train(p, retry_diverged=False) for p in plans] == [False, False, True]
+    assert [runs.to_train(p, retry_diverged=True) for p in plans] == [False, True, True]
+    with pytest.raises(RuntimeError, match="transformer_bytes: diverged in an earlier attempt"):
+        runs.train(plans[1], tmp_path, 1)  # refused before starting anything
+
+
 def test_compare_wait_success_unfinished_and_interrupt(tmp_path):
     from pretrain.comparison import runs
 

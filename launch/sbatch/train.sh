@@ -181,6 +181,10 @@ case $REASON in
     scontrol requeue "${SLURM_JOB_ID:-}" || die 75 "scontrol requeue ${SLURM_JOB_ID:-} failed; resubmit to continue"
     exit 0  # Slurm ends this run of the script and queues the job again
     ;;
+  diverged)
+    die 3 "training diverged (too many non-finite steps in a row; the last good checkpoint is" \
+          "kept); not requeued: resuming would replay the same batches"
+    ;;
   *)
     die "$(( STEP_RC ? STEP_RC : 1 ))" "training failed (srun exit $STEP_RC) without writing" \
         "$RUN_DIR/stop_reason; not requeued"

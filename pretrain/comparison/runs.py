@@ -1,7 +1,7 @@
 """The comparison's steps: prepare the corpus once, train every matched run (finished runs are
-skipped, interrupted ones resume; ``--nproc`` under torchrun; or one Slurm job array, recorded in
-``OUT/slurm_job.json`` and waited for), and score each final checkpoint on the shared held-out
-bytes exactly as ``pretrain.evaluate --files`` does.
+skipped, interrupted ones resume, diverged ones are not retried unless asked; ``--nproc`` under
+torchrun; or one Slurm job array, recorded in ``OUT/slurm_job.json`` and waited for), and score
+each final checkpoint on the shared held-out bytes exactly as ``pretrain.evaluate --files`` does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from pretrain.comparison.corpus import CorpusKind, corpus_kind
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_bytes, atomic_write_text, load_config, to_yaml
-from pretrain.runtime.processes import EXIT_REQUEUE, python_module_command
+from pretrain.runtime.processes import DIVERGED, EXIT_REQUEUE, python_module_command
 
 MAX_RESUMES = 50
 """Restarts of a run stopped short of its budget (a wall-clock limit, a stop signal)."""
@@ -108,13 +108,19 @@ def write_config(plan: MatchedRun, out: Path) -> Path:
     return cfg_path
 
 
-def submit_slurm(plans: List[MatchedRun], out: Path, dry_run: bool, slurm: List[str]) -> Dict[str, Any]:
-    """Submit the unfinished runs as one Slurm job array (``launch.slurm --sweep``) and record
-    the job in ``OUT/slurm_job.json`` (``job``); ``dry_run`` only renders the script (``launch``)."""
-    todo = [plan for plan in plans if not finished(plan)]
+def submit_slurm(plans: List[MatchedRun], out: Path, dry_run: bool, slurm: List[str],
+                 retry_diverged: bool = False) -> Dict[str, Any]:
+    """Submit the runs still to train (:func:`to_train`) as one Slurm job array
+    (``launch.slurm --sweep``) and record the job in ``OUT/slurm_job.json`` (``job``);
+    ``dry_run`` only renders the script (``launch``)."""
+    todo = [plan for plan in plans if to_train(plan, retry_diverged)]
+    for plan in plans:
+        if not retry_diverged and diverged(plan):
+            log(f"{plan.name}: diverged in an earlier attempt; not submitted (--retry-diverged "
+                "submits it)")
     runs = [{"config": str(write_config(plan, out)), "overrides": []} for plan in todo]
     if not runs:
-        return {"submitted": False, "reason": "every run has finished"}
+        return {"submitted": False, "reason": "every run has finished or diverged"}
     sweep = out / "sweep.yaml"
     atomic_write_text(sweep, json.dumps({"job_name": "compare", "output_dir": str(out / "launch"),
                                          "overrides": list(slurm), "runs": runs}, indent=2) + "\n")
@@ -314,7 +320,10 @@ def check_outcome(tasks: List[SlurmTask], states: Dict[str, str], plans: List[Ma
     bad = []
     for t in tasks:
         plan = by_name.get(t.name)
-        if states[t.name] not in ("COMPLETED", "GONE"):
+        if plan is not None and diverged(plan):
+            bad.append(f"{t.name} diverged (too many non-finite steps in a row; not resubmitted "
+                       f"unless --retry-diverged; log {t.log})")
+        elif states[t.name] not in ("COMPLETED", "GONE"):
             bad.append(f"{t.name} {states[t.name]} (log {t.log})")
         elif plan is not None and not finished(plan):
             bad.append(f"{t.name} ended without finishing its {plan.cfg.train.max_steps} steps "
@@ -324,19 +333,29 @@ def check_outcome(tasks: List[SlurmTask], states: Dict[str, str], plans: List[Ma
                            "command again to resubmit (training resumes from checkpoints)")
 
 
-def train(plan: MatchedRun, out: Path, nproc: int) -> Dict[str, Any]:
-    """Train one model (skipped when its run already finished); returns its results.json."""
+def train(plan: MatchedRun, out: Path, nproc: int, retry_diverged: bool = False) -> Dict[str, Any]:
+    """Train one model (skipped when its run already finished); returns its results.json.
+    RuntimeError when it diverges, or diverged in an earlier attempt and ``retry_diverged`` is
+    off (resuming would replay the same batches from the same checkpoint)."""
     run_dir = Path(plan.cfg.run_dir)
     results = run_dir / "results.json"
     if finished(plan):
         done = json.loads(results.read_text())
         log(f"{plan.name}: finished earlier ({done['steps']} steps), skipping")
         return done
+    if diverged(plan) and not retry_diverged:
+        raise RuntimeError(f"{plan.name}: diverged in an earlier attempt (too many non-finite "
+                           f"steps in a row, {run_dir / 'stop_reason'}); not trained again: "
+                           "--retry-diverged resumes it from its last good checkpoint")
+    (run_dir / "stop_reason").unlink(missing_ok=True)  # this attempt writes its own
     cfg_path = write_config(plan, out)
     cmd = python_module_command(nproc, "pretrain.train", ["--config", str(cfg_path)])
     log(f"{plan.name}: training ({plan.cfg.train.max_steps} steps): {' '.join(cmd[1:])}")
     for attempt in range(1, MAX_RESUMES + 1):
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+        if proc.returncode and diverged(plan):  # exit 3, or torchrun's own code for it
+            raise RuntimeError(f"{plan.name}: training diverged (too many non-finite steps in "
+                               "a row); a rerun leaves it out unless --retry-diverged")
         if proc.returncode not in (0, EXIT_REQUEUE):
             raise RuntimeError(f"{plan.name}: training failed (exit {proc.returncode}); "
                                "rerun to resume")
@@ -396,3 +415,18 @@ def finished(plan: MatchedRun) -> bool:
     results = run_dir / "results.json"
     return results.is_file() and json.loads(results.read_text()).get("steps") == \
         plan.cfg.train.max_steps
+
+
+def diverged(plan: MatchedRun) -> bool:
+    """True when the run's last attempt aborted after too many non-finite steps in a row (its
+    ``stop_reason`` says ``diverged``) and it has not finished since."""
+    try:
+        reason = (Path(plan.cfg.run_dir) / "stop_reason").read_text().strip()
+    except OSError:
+        return False
+    return reason == DIVERGED and not finished(plan)
+
+
+def to_train(plan: MatchedRun, retry_diverged: bool) -> bool:
+    """Whether the run still needs training: not finished, and not diverged unless retried."""
+    return not finished(plan) and (retry_diverged or not diverged(plan))

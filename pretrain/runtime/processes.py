@@ -10,6 +10,10 @@ EXIT_REQUEUE = 75
 """Stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue, and the run resumes."""
 EXIT_ABORT = 3
 """Too many non-finite steps in a row: the last good checkpoint is kept."""
+DIVERGED = "diverged"
+"""The ``<run_dir>/stop_reason`` of a run that ended with :data:`EXIT_ABORT`: resuming it replays
+the same batches from the same checkpoint, so launchers do not requeue it and the comparison does
+not retrain it unless asked (``--retry-diverged``)."""
 
 
 def torchrun_command(nproc: int, module: str, args: Sequence[str] = (), python: str = sys.executable,

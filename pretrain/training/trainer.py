@@ -32,6 +32,7 @@ from pretrain.runtime.device import pick_device
 from pretrain.runtime.host_memory import apply_host_memory_setting
 from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
 from pretrain.runtime.perf import MFUMeter, format_flops, memory_gb, shared_peak
+from pretrain.runtime.processes import DIVERGED
 from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
 from pretrain.training.memory import apply_activation_checkpointing
 from pretrain.training.optim import build_optimizer, lr_at, set_lr
@@ -306,6 +307,8 @@ class Trainer:
         self.metrics.scalars(self.step, {"skipped_steps": self.skipped_total}, "train/")
         limit = self.cfg.train.max_skipped_in_a_row
         if self.skipped_in_a_row > limit:
+            if self.is_main:  # for launchers and the comparison: not a crash, do not retry blindly
+                atomic_write_text(self.run_dir / "stop_reason", DIVERGED + "\n")
             raise TrainingAborted(f"{self.skipped_in_a_row} non-finite steps in a row (train."
                                   f"max_skipped_in_a_row={limit}); the last good checkpoint is "
                                   "left as it was")
