@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# scripts/test.sh runs two xdist workers on the CI machine's two cores: each worker, and every
+# process a test starts without an OMP_NUM_THREADS of its own, gets one OpenMP thread. With one per
+# core, a worker's parallel regions wait for a thread the other worker keeps off its core:
+# tests/test_init.py's 150 training steps took 40 s with 2 threads and 22 s with 1 beside one busy
+# process (12 s alone), and 365 s in a suite run with a third process busy.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from data_prep.sources import stdlib_dir  # noqa: E402
 from pretrain.config import ModelConfig, StackConfig  # noqa: E402
