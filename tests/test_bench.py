@@ -199,9 +199,23 @@ def test_bench_host_memory_fast():
     assert p["peak_rss_gb_default"] > 0 and p["peak_rss_gb_reuse"] > 0
 
 
+def test_bench_window_alternates_both_paths():
+    """Banded and masked steps of the windowed Transformer alternate; the banded path is taken
+    only once the context spans two windows; the speed-up is masked / banded of the medians."""
+    out = run_bench("bench/bench_window.py", "--contexts", "64,128", "--window", "48",
+                    "--pairs", "2", "--batch-bytes", "256")
+    short, long = out["results"]
+    assert (short["banded_path"], long["banded_path"]) == (False, True)
+    for r in (short, long):
+        assert len(r["times"]["banded"]) == len(r["times"]["masked"]) == 2
+        assert close(r["speedup"], r["masked_seconds"] / r["banded_seconds"])
+    assert long["batch"] == 2
+
+
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
                                     "bench_compile.py", "compare_trees.py", "gpu_bench.py",
-                                    "build_memory.py", "bench_host_memory.py"])
+                                    "build_memory.py", "bench_host_memory.py",
+                                    "bench_window.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT, text=True,
                           capture_output=True)
