@@ -641,8 +641,12 @@ def test_compare_on_slurm_rerun_waits_for_the_queued_job_and_ctrl_c_leaves_it(cl
 
         def wait_then(action) -> subprocess.CompletedProcess:
             """Run the waiting command; once it reports the pending job, call ``action``."""
+            # SIGINT as in a terminal: a suite started in the background (``cmd &`` in a
+            # non-interactive shell) passes SIG_IGN down to every child, and a Python started
+            # with SIGINT ignored keeps ignoring it (the command then never sees the Ctrl-C).
             proc = subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             # A generous limit for start-up (imports, reading the data under a loaded CI
             # machine), then 120 s for the command to react to the action.
             killer = threading.Timer(600, proc.kill)
