@@ -99,8 +99,10 @@ class Attention(nn.Module):
         attention is causal if there are no extra keys, and unrestricted for a single query
         (cached decoding of the newest position). The queries are the last L of the S_total
         key positions. With ``self.window`` smaller than S_total the window mask
-        (:func:`window_mask`) is used (and-ed with ``mask`` if one is given); otherwise the
-        window covers every key and the paths above run unchanged (bit-identical to W = 0).
+        (:func:`window_mask`) is used (and-ed with ``mask`` if one is given), or, for plain
+        self-attention over at least three windows, the block-by-block
+        :func:`banded_window_attention`; otherwise the window covers every key and the paths
+        above run unchanged (bit-identical to W = 0).
         ``rope``: (cos_q, sin_q, cos_k, sin_k) tables for the queries and for *all* keys.
         Plain causal self-attention of short sequences on CPU (L * H <= 32, MEGABYTE's local
         model) runs with the heads folded into one sequence (:func:`folded_causal_attention`).
