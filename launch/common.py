@@ -17,14 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from data_prep.atomic import atomic_write_text
 from launch.slurm_config import validate_slurm
 from pretrain.config import REPO_ROOT, Config, ConfigError, derive, load_config, slurm_procs_per_node, to_yaml
-from pretrain.runtime.processes import EXIT_REQUEUE
+from pretrain.runtime.processes import EXIT_REQUEUE, STOP_REASON, read_stop_reason
 
 LAUNCH_DIR = "launch"
 """Subdirectory of the run directory with the launch files (config, job script, requeue count)."""
-STOP_REASON = "stop_reason"
-"""Written by rank 0 at the end of training: ``signal`` (checkpointed, requeue me), ``max_steps``
-or ``max_minutes`` (finished), ``diverged`` (aborted after too many non-finite steps: not requeued,
-resuming would replay the same batches)."""
 
 
 def launch_dir(run_dir: os.PathLike | str) -> Path:
@@ -70,15 +66,6 @@ def worker_command(python: str, expect_world_size: int, config_path: str,
     if allow_loopback_master:
         cmd.append("--allow-loopback-master")
     return cmd + ["--", "--config", config_path]
-
-
-def read_stop_reason(run_dir: os.PathLike | str) -> Optional[str]:
-    """``signal`` / ``max_steps`` / ``max_minutes`` / ``diverged``, or None when training wrote none
-    (a crash)."""
-    try:
-        return (Path(run_dir) / STOP_REASON).read_text().strip() or None
-    except OSError:
-        return None
 
 
 def read_json(path: Path) -> Optional[Any]:

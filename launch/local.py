@@ -109,7 +109,7 @@ def run(nproc: int, config: Optional[str], overrides: List[str], dry_run: bool =
     if dry_run:
         return {"run_dir": cfg.run_dir, "command": cmd, "config": str(path)}
     save_run_config(cfg)
-    stop_file = Path(cfg.run_dir) / "stop_reason"
+    stop_file = Path(cfg.run_dir) / processes.STOP_REASON
     stop_file.unlink(missing_ok=True)  # this run writes it afresh
     print(f"[launch.local] {nproc} process(es), run {cfg.run_dir}", file=sys.stderr, flush=True)
     # Training output (including rank 0's result line) goes to stderr: stdout is this command's JSON.

@@ -19,7 +19,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from pretrain.comparison.corpus import CorpusKind, corpus_kind
 from pretrain.comparison.matching import MatchedRun
 from pretrain.config import atomic_write_bytes, atomic_write_text, load_config, to_yaml
-from pretrain.runtime.processes import DIVERGED, EXIT_REQUEUE, python_module_command
+from pretrain.runtime.processes import (
+    DIVERGED,
+    EXIT_REQUEUE,
+    STOP_REASON,
+    python_module_command,
+    read_stop_reason,
+)
 
 MAX_RESUMES = 50
 """Restarts of a run stopped short of its budget (a wall-clock limit, a stop signal)."""
@@ -115,7 +121,7 @@ def submit_slurm(plans: List[MatchedRun], out: Path, dry_run: bool, slurm: List[
     ``dry_run`` only renders the script (``launch``)."""
     todo = [plan for plan in plans if to_train(plan, retry_diverged)]
     for plan in plans:
-        if not retry_diverged and diverged(plan):
+        if plan not in todo and not finished(plan):  # diverged, left out
             log(f"{plan.name}: diverged in an earlier attempt; not submitted (--retry-diverged "
                 "submits it)")
     runs = [{"config": str(write_config(plan, out)), "overrides": []} for plan in todo]
@@ -345,9 +351,9 @@ def train(plan: MatchedRun, out: Path, nproc: int, retry_diverged: bool = False)
         return done
     if diverged(plan) and not retry_diverged:
         raise RuntimeError(f"{plan.name}: diverged in an earlier attempt (too many non-finite "
-                           f"steps in a row, {run_dir / 'stop_reason'}); not trained again: "
+                           f"steps in a row, {run_dir / STOP_REASON}); not trained again: "
                            "--retry-diverged resumes it from its last good checkpoint")
-    (run_dir / "stop_reason").unlink(missing_ok=True)  # this attempt writes its own
+    (run_dir / STOP_REASON).unlink(missing_ok=True)  # this attempt writes its own
     cfg_path = write_config(plan, out)
     cmd = python_module_command(nproc, "pretrain.train", ["--config", str(cfg_path)])
     log(f"{plan.name}: training ({plan.cfg.train.max_steps} steps): {' '.join(cmd[1:])}")
@@ -419,12 +425,8 @@ def finished(plan: MatchedRun) -> bool:
 
 def diverged(plan: MatchedRun) -> bool:
     """True when the run's last attempt aborted after too many non-finite steps in a row (its
-    ``stop_reason`` says ``diverged``) and it has not finished since."""
-    try:
-        reason = (Path(plan.cfg.run_dir) / "stop_reason").read_text().strip()
-    except OSError:
-        return False
-    return reason == DIVERGED and not finished(plan)
+    ``stop_reason`` says ``diverged``; an attempt that finishes writes ``max_steps`` over it)."""
+    return read_stop_reason(plan.cfg.run_dir) == DIVERGED
 
 
 def to_train(plan: MatchedRun, retry_diverged: bool) -> bool:

@@ -3,17 +3,31 @@ command line every multi-process start (compare, export, the local launcher, ben
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import List, Sequence
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 EXIT_REQUEUE = 75
 """Stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue, and the run resumes."""
 EXIT_ABORT = 3
 """Too many non-finite steps in a row: the last good checkpoint is kept."""
+STOP_REASON = "stop_reason"
+"""The file in the run directory that rank 0 writes when training ends: ``signal`` (checkpointed,
+requeue me), ``max_steps`` or ``max_minutes`` (finished), :data:`DIVERGED`."""
 DIVERGED = "diverged"
 """The ``<run_dir>/stop_reason`` of a run that ended with :data:`EXIT_ABORT`: resuming it replays
 the same batches from the same checkpoint, so launchers do not requeue it and the comparison does
 not retrain it unless asked (``--retry-diverged``)."""
+
+
+def read_stop_reason(run_dir: os.PathLike | str) -> Optional[str]:
+    """``signal`` / ``max_steps`` / ``max_minutes`` / ``diverged``, or None when training wrote none
+    (a crash)."""
+    try:
+        return (Path(run_dir) / STOP_REASON).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def torchrun_command(nproc: int, module: str, args: Sequence[str] = (), python: str = sys.executable,

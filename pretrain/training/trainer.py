@@ -32,7 +32,7 @@ from pretrain.runtime.device import pick_device
 from pretrain.runtime.host_memory import apply_host_memory_setting
 from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
 from pretrain.runtime.perf import MFUMeter, format_flops, memory_gb, shared_peak
-from pretrain.runtime.processes import DIVERGED
+from pretrain.runtime.processes import DIVERGED, STOP_REASON
 from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
 from pretrain.training.memory import apply_activation_checkpointing
 from pretrain.training.optim import build_optimizer, lr_at, set_lr
@@ -308,7 +308,7 @@ class Trainer:
         limit = self.cfg.train.max_skipped_in_a_row
         if self.skipped_in_a_row > limit:
             if self.is_main:  # for launchers and the comparison: not a crash, do not retry blindly
-                atomic_write_text(self.run_dir / "stop_reason", DIVERGED + "\n")
+                atomic_write_text(self.run_dir / STOP_REASON, DIVERGED + "\n")
             raise TrainingAborted(f"{self.skipped_in_a_row} non-finite steps in a row (train."
                                   f"max_skipped_in_a_row={limit}); the last good checkpoint is "
                                   "left as it was")
@@ -362,7 +362,7 @@ class Trainer:
             atomic_write_text(self.run_dir / "history.json", json.dumps(history) + "\n")
             atomic_write_text(self.run_dir / "validation.json", json.dumps(validations) + "\n")
             # One word for launchers: "signal" means "checkpointed, requeue me".
-            atomic_write_text(self.run_dir / "stop_reason", stop_reason + "\n")
+            atomic_write_text(self.run_dir / STOP_REASON, stop_reason + "\n")
         return result
 
     def _earlier(self, name: str) -> List[Dict[str, Any]]:
