@@ -281,3 +281,34 @@ def test_folded_short_attention_matches_per_head_attention(L, heads):
     assert calls == [1]
     for new, ref in zip(*results):
         torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_in_place_relu_gives_out_of_place_values_and_gradients(conv):
+    """The eager ReLU overwrites its input (the output of fc1 or of a convolution; a speed change
+    of issue 16): MEGABYTE's logits and every parameter's gradient are bit-identical to the same
+    model with ``F.relu``, conv encoder included, and the hidden tensor really is reused."""
+    import torch.nn.functional as F
+
+    from pretrain.model.layers import MLP
+
+    cfg = tiny_model_config("megabyte", conv_encoder=conv)
+    ids = torch.randint(0, 256, (2, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    results = []
+    for act in ("in place", "F.relu"):
+        torch.manual_seed(0)
+        model = build_model(cfg, VOCAB.vocab_size, VOCAB.pad_id, VOCAB.bos_id).double()
+        if act == "F.relu":
+            for module in model.modules():
+                if hasattr(module, "act"):
+                    module.act = F.relu
+        logits = model(ids)
+        lm_loss(logits, ids).backward()
+        results.append([logits.detach()] + [p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    mlp = MLP(8, 32, "relu")
+    hidden = {}
+    mlp.fc1.register_forward_hook(lambda m, i, out: hidden.update(fc1=out))
+    mlp.fc2.register_forward_hook(lambda m, i, out: hidden.update(act=i[0]))
+    mlp(torch.randn(4, 8, requires_grad=True)).sum().backward()
+    assert hidden["act"].data_ptr() == hidden["fc1"].data_ptr()

@@ -270,18 +270,26 @@ class _ReluGradFromOutput(torch.autograd.Function):
 
 
 def relu(x: Tensor) -> Tensor:
-    """ReLU: ``F.relu`` in eager mode; under torch.compile :class:`_ReluGradFromOutput`.
+    """ReLU of a layer's fresh output: ``F.relu(x, inplace=True)`` in eager mode; under
+    torch.compile :class:`_ReluGradFromOutput`.
 
-    Why: inductor saves ``F.relu``'s backward mask as a bool tensor, and its CPU kernels write
-    bools from float comparisons at ~20 ns per element (torch 2.13, AVX-512 and scalar code
-    alike; integer comparisons ~0.5 ns): 37 ms for the tiny local MLP's (4096, 512) hidden
-    layer, where the ReLU itself takes 0.8 ms, which made the compiled tiny MEGABYTE step 0.72x
-    as fast as eager. Multiplying by the sign of the saved
+    ``x`` must be an intermediate nothing else reads (the output of ``fc1`` or of a convolution,
+    whose backward keeps their inputs, not their outputs): eager mode overwrites it, which saves
+    allocating and writing a second tensor of the hidden layer's size: MEGABYTE's training step
+    1.013x (tiny) and 1.020x (small) as fast, one thread, T=4096 (``bench/compare_trees.py``,
+    6 alternated rounds; ``bench/results/cpu_inplace_relu_trees.json``).
+    The backward is ``F.relu``'s (from the saved output), so values and gradients are unchanged.
+
+    Under torch.compile, why not ``F.relu``: inductor saves its backward mask as a bool tensor,
+    and its CPU kernels write bools from float comparisons at ~20 ns per element (torch 2.13,
+    AVX-512 and scalar code alike; integer comparisons ~0.5 ns): 37 ms for the tiny local MLP's
+    (4096, 512) hidden layer, where the ReLU itself takes 0.8 ms, which made the compiled tiny
+    MEGABYTE step 0.72x as fast as eager. Multiplying by the sign of the saved
     output (which the next matmul's backward keeps anyway) stores no mask.
     """
     if torch.compiler.is_compiling():
         return _ReluGradFromOutput.apply(x)
-    return F.relu(x)
+    return F.relu(x, inplace=True)
 
 
 def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
