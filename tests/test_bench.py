@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from typing import Optional
 
 import pytest
@@ -213,7 +214,7 @@ def test_bench_window_alternates_both_paths():
 
 
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
-                                    "bench_compile.py", "compare_trees.py", "gpu_bench.py",
+                                    "bench_compile.py", "compare_trees.py", "gpu_bench.py", "gpu_table.py",
                                     "build_memory.py", "bench_host_memory.py",
                                     "bench_window.py"])
 def test_bench_help(script):
@@ -223,12 +224,68 @@ def test_bench_help(script):
 
 
 def test_gpu_script_smoke_on_cpu(tmp_path):
-    out = run_bench("bench/gpu_bench.py", "--smoke", "--output", str(tmp_path / "gpu.json"))
-    assert [r.get("benchmark") for r in out["runs"]] == ["throughput", "mfu", "generation"]
-    compiled = out["runs"][1]  # the smoke's MFU run takes the compiled path
-    assert compiled["compile"] == "aot_eager"
-    check_mfu_output(compiled)
-    assert json.loads((tmp_path / "gpu.json").read_text())["smoke"] is True
+    """Every part of the GPU run, small: the benchmarks (MFU through the compiled path) and the
+    trainer both ways (single-process loop, DeepSpeed engine under launch.local)."""
+    out = run_bench("bench/gpu_bench.py", "--smoke", "--output", str(tmp_path / "gpu.json"),
+                    "--run-dir", str(tmp_path / "train"))
+    runs = {r["part"]: r for r in out["runs"]}
+    assert list(runs) == ["mfu", "train", "throughput", "generation", "train_deepspeed"]
+    assert all(r["status"] == "ok" for r in runs.values()), runs
+    assert [runs[p]["benchmark"] for p in ("mfu", "throughput", "generation")] == [
+        "mfu", "throughput", "generation"]
+    assert runs["mfu"]["compile"] == "aot_eager"  # the smoke's MFU run takes the compiled path
+    check_mfu_output(runs["mfu"])
+    assert runs["train"]["train_results"]["steps"] == 20
+    assert runs["train_deepspeed"]["train_results"]["steps"] == 10
+    assert runs["train_deepspeed"]["train_results"]["world_size"] == 1
+    assert json.loads((tmp_path / "gpu.json").read_text()) == out
+    tables = subprocess.run([sys.executable, "bench/gpu_table.py", str(tmp_path / "gpu.json")],
+                            cwd=ROOT, text=True, capture_output=True, check=True).stdout
+    assert "| mfu | tiny | 2M | 512 | 1 |" in tables  # the README's tables from that JSON
+    assert "| train_deepspeed | 10 |" in tables and "| 128 |" in tables
+
+
+def test_gpu_script_keeps_to_its_time_budget_and_writes_after_every_part(tmp_path):
+    """A part runs for at most what is left of the budget (then ``timeout``), a part whose
+    minimum no longer fits is skipped, and the JSON on disk holds every part finished so far."""
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "bench" / "gpu_bench.py")
+    gpu_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bench)
+    output = tmp_path / "gpu.json"
+    probe = ("import json, pathlib; p = pathlib.Path({!r}); "
+             "print(json.dumps({{'on_disk': len(json.loads(p.read_text())['runs']) if p.exists() else 0}}))")
+    parts = [gpu_bench.Part("first", ["-c", probe.format(str(output))], 30, 1),
+             gpu_bench.Part("second", ["-c", probe.format(str(output))], 30, 1),
+             gpu_bench.Part("slow", ["-c", SLEEPS_WITH_A_CHILD.format(pid_file=str(tmp_path / "pid"))],
+                            30, 1),
+             gpu_bench.Part("late", ["-c", "print('{}')"], 30, 5)]
+    out = gpu_bench.run_all(parts, 8.0, output, {"smoke": True})
+    seen = [(r["part"], r["status"]) for r in out["runs"]]
+    assert seen == [("first", "ok"), ("second", "ok"), ("slow", "timeout"),
+                    ("late", "skipped (time budget)")], seen
+    assert [r.get("on_disk") for r in out["runs"][:2]] == [0, 1]
+    assert out["runs"][2]["seconds"] < 8.0
+    assert json.loads(output.read_text()) == out
+    child = int((tmp_path / "pid").read_text())  # what the timed-out part started is gone too
+    time.sleep(0.5)
+    assert process_state(child) in (None, "Z"), process_state(child)  # gone, or dead unreaped
+
+
+def process_state(pid: int) -> Optional[str]:
+    """The state letter of process ``pid`` (R, S, Z, ...), None when there is no such process."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+# A part that starts a child (as launch.local starts torchrun) and sleeps.
+SLEEPS_WITH_A_CHILD = """
+import pathlib, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+pathlib.Path({pid_file!r}).write_text(str(child.pid))
+time.sleep(120)
+"""
 
 
 def test_distributed_build_keeps_no_whole_model_per_rank(tmp_path):
