@@ -6,7 +6,8 @@
 # bench/gpu_bench.py within GPU_MINUTES (default 8; the parts that no longer fit are skipped, and
 # its JSON is rewritten after every part) and leaves gpu.json in $OUT (default .gpu/out).
 # Afterwards, here: copy gpu.json to bench/results/ and `python bench/gpu_table.py` prints the
-# README's table.
+# README's table. GPU_SMOKE=1 runs the benchmark's --smoke instead (a dry run on any machine,
+# e.g. PYTHON=.venv/bin/python GPU_SMOKE=1 bash scripts/gpu_check.sh here).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,7 +29,8 @@ print(f"python torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"deepspeed {deepspeed.__version__}, omegaconf {omegaconf.__version__}")
 PYEOF
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-timeout $(( ${MINUTES%.*} * 60 + 60 )) "$PY" bench/gpu_bench.py --minutes "$MINUTES" \
+SMOKE=(); [[ ${GPU_SMOKE:-0} == 1 ]] && SMOKE=(--smoke)
+timeout $(( ${MINUTES%.*} * 60 + 60 )) "$PY" bench/gpu_bench.py --minutes "$MINUTES" "${SMOKE[@]}" \
   --output "$OUT/gpu.json" --run-dir "$OUT/train" > "$OUT/gpu_bench.stdout" 2> "$OUT/gpu_bench.log"
 rc=$?
 tail -c 6000 "$OUT/gpu_bench.log"
