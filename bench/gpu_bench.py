@@ -109,8 +109,9 @@ def run_part(part: Part, timeout: float) -> Dict[str, Any]:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return {"part": part.name, "status": "timeout", "seconds": time.perf_counter() - t0}
+        _, stderr = proc.communicate()  # what it said before it was stopped
+        return {"part": part.name, "status": "timeout", "seconds": time.perf_counter() - t0,
+                "stderr_tail": stderr[-3000:]}
     seconds = time.perf_counter() - t0
     sys.stderr.write(stderr[-4000:])
     if proc.returncode:
@@ -122,7 +123,11 @@ def run_part(part: Part, timeout: float) -> Dict[str, Any]:
         return {"part": part.name, "status": "ok", "seconds": seconds,
                 "train_results": json.loads(results.read_text()) if results.is_file() else None,
                 "log_tail": (stdout + stderr)[-3000:]}
-    out = json.loads(stdout.strip().splitlines()[-1])
+    try:
+        out = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"part": part.name, "status": "failed (no JSON on stdout)", "seconds": seconds,
+                "stdout_tail": stdout[-3000:], "stderr_tail": stderr[-3000:]}
     return {"part": part.name, "status": "ok", "seconds": seconds, **out}
 
 

@@ -259,12 +259,15 @@ def test_gpu_script_keeps_to_its_time_budget_and_writes_after_every_part(tmp_pat
              gpu_bench.Part("slow", ["-c", SLEEPS_WITH_A_CHILD.format(pid_file=str(tmp_path / "pid"))],
                             30, 1),
              gpu_bench.Part("late", ["-c", "print('{}')"], 30, 5)]
+    mute = gpu_bench.run_part(gpu_bench.Part("mute", ["-c", "print('no json')"], 30, 1), 30)
+    assert mute["status"] == "failed (no JSON on stdout)" and "no json" in mute["stdout_tail"]
     out = gpu_bench.run_all(parts, 8.0, output, {"smoke": True})
     seen = [(r["part"], r["status"]) for r in out["runs"]]
     assert seen == [("first", "ok"), ("second", "ok"), ("slow", "timeout"),
                     ("late", "skipped (time budget)")], seen
     assert [r.get("on_disk") for r in out["runs"][:2]] == [0, 1]
     assert out["runs"][2]["seconds"] < 8.0
+    assert "started a child" in out["runs"][2]["stderr_tail"]  # what it said before it was stopped
     assert json.loads(output.read_text()) == out
     child = int((tmp_path / "pid").read_text())  # what the timed-out part started is gone too
     time.sleep(0.5)
@@ -284,6 +287,7 @@ SLEEPS_WITH_A_CHILD = """
 import pathlib, subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 pathlib.Path({pid_file!r}).write_text(str(child.pid))
+print("started a child", file=sys.stderr, flush=True)
 time.sleep(120)
 """
 
