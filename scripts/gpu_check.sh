@@ -3,7 +3,7 @@
 # timeout of about 10 minutes; make the wheels first with scripts/gpu_wheels.sh):
 #   bash scripts/gpu_check.sh
 # Installs the carried wheels into the image's Python, prints the GPU and the versions, then runs
-# bench/gpu_bench.py within GPU_MINUTES (default 8; the parts that no longer fit are skipped, and
+# bench/gpu_bench.py within GPU_MINUTES (default 7.5; the parts that no longer fit are skipped, and
 # its JSON is rewritten after every part) and leaves gpu.json in $OUT (default .gpu/out).
 # Afterwards, here: copy gpu.json to bench/results/ and `python bench/gpu_table.py` prints the
 # README's table. GPU_SMOKE=1 runs the benchmark's --smoke instead (a dry run on any machine,
@@ -13,7 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT=${OUT:-$ROOT/.gpu/out}
 PY=${PYTHON:-python3}
-MINUTES=${GPU_MINUTES:-8}
+MINUTES=${GPU_MINUTES:-7.5}  # with install and start-up, under the device tool's 10 minutes a command
 mkdir -p "$OUT"
 if [[ ! -d .gpu/wheels ]]; then
   echo "error: .gpu/wheels is missing: run scripts/gpu_wheels.sh here first and carry .gpu" >&2

@@ -15,6 +15,8 @@ import argparse
 import importlib
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import List, Tuple
 
@@ -130,3 +132,38 @@ def test_readme_run_paths_match_the_compare_layout():
     # The plain comparison (its budget, its LR) has no suffix: runs/quickstart/runs/NAME.
     assert run_suffix(3_276_800, 2e-3, 3_276_800, 2e-3) == ""
     assert run_suffix(819_200, 2e-3, 3_276_800, 2e-3) != ""
+
+
+# ------------------------------------------------- `source scripts/setup_env.sh` in the user's shell
+
+def test_sourcing_setup_env_leaves_the_callers_shell_options_alone():
+    """The README says to `source scripts/setup_env.sh` in one's own shell: it activates .venv and
+    sets PYTHONPATH but no `set -euo pipefail`, which would close an interactive shell at its
+    next failing command."""
+    script = ('source scripts/setup_env.sh; echo "opts=$-"; false; echo "after a failing command"; '
+              'command -v python; echo "path=$PYTHONPATH"')
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, text=True, capture_output=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    opts = re.search(r"opts=(\S*)", out.stdout).group(1)
+    assert "e" not in opts and "u" not in opts, opts
+    assert "after a failing command" in out.stdout
+    assert str(ROOT / ".venv" / "bin" / "python") in out.stdout
+    assert f"path={ROOT}" in out.stdout
+
+
+def test_a_failed_setup_returns_1_to_the_shell_that_sourced_it(tmp_path):
+    """A venv that cannot be made: one `[setup] failed` line, `source` returns 1 and the shell
+    goes on (a caller under `set -e`, like quickstart.sh, stops there instead)."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup_env.sh", tmp_path / "scripts")
+    shutil.copy(ROOT / "requirements.txt", tmp_path)
+    (tmp_path / ".venv").write_text("a file where the venv should be\n")
+    script = 'source scripts/setup_env.sh; echo "rc=$?"; echo "still here"'
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, text=True, capture_output=True,
+                         timeout=120)
+    assert "rc=1" in out.stdout and "still here" in out.stdout, (out.stdout, out.stderr)
+    assert f"[setup] failed: {tmp_path}/.venv is not ready" in out.stderr
+    strict = subprocess.run(["bash", "-c", "set -e; " + script], cwd=tmp_path, text=True,
+                            capture_output=True, timeout=120)
+    assert strict.returncode != 0 and "still here" not in strict.stdout
