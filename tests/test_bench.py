@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -214,13 +215,32 @@ def test_bench_window_alternates_both_paths():
 
 
 @pytest.mark.parametrize("script", ["bench_throughput.py", "bench_mfu.py", "bench_generation.py",
-                                    "bench_compile.py", "compare_trees.py", "gpu_bench.py", "gpu_table.py",
+                                    "bench_compile.py", "compare_trees.py", "gpu_bench.py",
+                                    "gpu_table.py", "profile_step.py",
                                     "build_memory.py", "bench_host_memory.py",
                                     "bench_window.py"])
 def test_bench_help(script):
     proc = subprocess.run([sys.executable, f"bench/{script}", "--help"], cwd=ROOT, text=True,
                           capture_output=True)
     assert proc.returncode == 0 and "usage" in proc.stdout
+
+
+def test_profile_replay_times_every_op_group_of_a_real_step():
+    """profile_step --replay: one row per op group (matmuls by shape), the optimizer's in-place
+    update among them, and the rows' sum against the measured step."""
+    proc = subprocess.run([sys.executable, "bench/profile_step.py", "--sizes", "tiny", "--seq-len",
+                           "256", "--steps", "2", "--replay", "--top", "100"], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| aten.")]
+    assert any(r.startswith("| aten.mm.default [256, 128] [128, 512] |") for r in rows), rows
+    assert any("_fused_adamw_" in r for r in rows)
+    total = re.search(r"\| all (\d+) op groups \| (\d+) \| ([\d.]+) \|", proc.stdout)
+    assert total and int(total.group(1)) == len(rows)
+    step_ms = float(re.search(r"eager: ([\d.]+) ms per step", proc.stdout).group(1))
+    rest = float(re.search(r"\| not in any op \| \| (-?[\d.]+) \|", proc.stdout).group(1))
+    assert abs(float(total.group(3)) + rest - step_ms) < 0.2
 
 
 def test_gpu_script_smoke_on_cpu(tmp_path):
