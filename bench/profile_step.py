@@ -19,17 +19,17 @@ real step meets (``not in any op``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Tuple
 
-from common import make_model, model_config, training_step
+from common import make_model, model_config, timed, training_step
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+CPU = torch.device("cpu")
 Call = Tuple[Any, tuple, dict]  # (aten op, args, kwargs)
 # Ops whose cost depends on their shapes enough to be listed per shape.
 BY_SHAPE = ("mm", "bmm", "addmm", "baddbmm", "attention")
@@ -81,25 +81,14 @@ def replay_times(step: Callable[[], None], repeats: int) -> Dict[str, Tuple[int,
         def run(calls: List[Call] = calls) -> None:
             for func, args, kwargs in calls:
                 func(*args, **kwargs)
-        run()
-        seconds = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - t0)
-        times[key] = (len(calls), statistics.median(seconds))
+        times[key] = (len(calls), timed(run, CPU, 1, repeats, float("inf"))["seconds"])
     return times
 
 
 def replay_size(size: str, seq_len: int, batch: int, steps: int, top: int) -> None:
     """Print the replayed per-op table of one size class (eager) against its measured step."""
     step = warm_step(size, seq_len, batch, False)
-    seconds = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - t0)
-    step_s = statistics.median(seconds)
+    step_s = timed(step, CPU, 0, steps, float("inf"))["seconds"]
     times = replay_times(step, steps)
     rows = sorted(times.items(), key=lambda kv: -kv[1][1])
     print(f"## {size} MEGABYTE, T={seq_len}, batch {batch}, eager: {step_s * 1e3:.1f} ms per step "
