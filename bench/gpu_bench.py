@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,27 +42,31 @@ ROOT = HERE.parent
 
 class Part(NamedTuple):
     """One measurement: ``command`` (argv after the Python executable), the seconds it is
-    planned to take at most (``share``) and the least worth starting it with (``minimum``)."""
+    planned to take at most (``share``) and the least worth starting it with (``minimum``);
+    ``run_dir`` for a training run (its ``results.json`` is read back), None for a benchmark
+    (its JSON is the last line of its stdout)."""
 
     name: str
     command: List[str]
     share: float
     minimum: float
+    run_dir: Optional[Path] = None
 
 
 def bench(script: str, *args: str) -> List[str]:
     return [str(HERE / script), *args]
 
 
-def train_command(run_dir: Path, device: str, steps: int, deepspeed: bool = False) -> List[str]:
+def train_part(name: str, run_dir: Path, device: str, steps: int, share: float, minimum: float,
+               deepspeed: bool = False) -> Part:
     """The trainer on the debug config (bf16 autocast on a GPU): the single-process loop, or
     with ``deepspeed`` the DeepSpeed engine in one process started by ``launch.local``."""
     overrides = [f"run_dir={run_dir}", f"train.device={device}", f"train.max_steps={steps}",
                  "logging.tensorboard=false", f"train.dtype={'bf16' if device == 'cuda' else 'fp32'}"]
     config = ["--config", str(ROOT / "configs" / "debug.yaml")]
-    if deepspeed:
-        return ["-m", "launch.local", *config, "--nproc", "1", *overrides]
-    return ["-m", "pretrain.train", *config, *overrides]
+    command = (["-m", "launch.local", *config, "--nproc", "1", *overrides] if deepspeed
+               else ["-m", "pretrain.train", *config, *overrides])
+    return Part(name, command, share, minimum, run_dir)
 
 
 def plan(smoke: bool, device: str, run_dir: Path) -> List[Part]:
@@ -70,23 +74,22 @@ def plan(smoke: bool, device: str, run_dir: Path) -> List[Part]:
     if smoke:
         return [Part("mfu", bench("bench_mfu.py", "--fast", "--compile", "--backend", "aot_eager"),
                      300, 1),
-                Part("train", train_command(run_dir / "simple", device, 20), 300, 1),
+                train_part("train", run_dir / "simple", device, 20, 300, 1),
                 Part("throughput", bench("bench_throughput.py", "--fast", "--contexts", "128"), 300, 1),
                 Part("generation", bench("bench_generation.py", "--fast", "--bytes", "64"), 300, 1),
-                Part("train_deepspeed", train_command(run_dir / "deepspeed", device, 10, True),
-                     300, 1)]
+                train_part("train_deepspeed", run_dir / "deepspeed", device, 10, 300, 1, True)]
     cuda = ["--device", "cuda"]
     mfu = ["--sizes", "large", "--seq-len", "8192", "--batch", "8", "--repeats", "3",
            "--budget", "20", "--pairs", "3"]
     contexts = ["--size", "small", "--contexts", "1024,4096,16384,65536", "--budget", "10",
                 "--repeats", "2", "--point-timeout", "60"]
     return [Part("mfu", bench("bench_mfu.py", *cuda, *mfu), 100, 45),
-            Part("train", train_command(run_dir / "simple", "cuda", 300), 45, 30),
+            train_part("train", run_dir / "simple", "cuda", 300, 45, 30),
             Part("throughput", bench("bench_throughput.py", *cuda, *contexts), 110, 60),
             Part("mfu_compiled", bench("bench_mfu.py", *cuda, *mfu, "--compile"), 120, 60),
             Part("generation", bench("bench_generation.py", *cuda, "--size", "small", "--bytes",
                                      "8192"), 45, 30),
-            Part("train_deepspeed", train_command(run_dir / "deepspeed", "cuda", 100, True), 60, 40),
+            train_part("train_deepspeed", run_dir / "deepspeed", "cuda", 100, 60, 40, True),
             Part("long_context", bench("bench_throughput.py", *cuda, "--size", "small",
                                        "--contexts", "262144,1048576", "--batch-bytes", "1048576",
                                        "--megabyte-only", "--budget", "10", "--repeats", "2",
@@ -117,9 +120,8 @@ def run_part(part: Part, timeout: float) -> Dict[str, Any]:
     if proc.returncode:
         return {"part": part.name, "status": f"failed ({proc.returncode})", "seconds": seconds,
                 "stderr_tail": stderr[-3000:]}
-    if part.command[0] == "-m":  # the trainer: its results.json and the end of its log
-        run_dir = next(a.split("=", 1)[1] for a in part.command if a.startswith("run_dir="))
-        results = Path(run_dir) / "results.json"
+    if part.run_dir is not None:  # the trainer: its results.json and the end of its log
+        results = part.run_dir / "results.json"
         return {"part": part.name, "status": "ok", "seconds": seconds,
                 "train_results": json.loads(results.read_text()) if results.is_file() else None,
                 "log_tail": (stdout + stderr)[-3000:]}

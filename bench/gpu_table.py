@@ -14,15 +14,11 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
+
+from common import table
 
 HERE = Path(__file__).resolve().parent
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def mfu_rows(runs: Dict[str, Dict[str, Any]]) -> List[List[Any]]:
@@ -66,8 +62,9 @@ def render(data: Dict[str, Any]) -> str:
            f"{data.get('minutes', '?')} min", "",
            table([[r["part"], r["status"], f"{r['seconds']:.0f}"] for r in data["runs"]],
                  ["part", "status", "seconds"])]
-    if mfu_rows(runs):
-        out += ["", table(mfu_rows(runs), ["run", "size", "params", "T", "batch", "bytes/s",
+    mfu = mfu_rows(runs)
+    if mfu:
+        out += ["", table(mfu, ["run", "size", "params", "T", "batch", "bytes/s",
                                            "MFU (work done)", "paired MFU", "MFU (paper count)",
                                            "peak TFLOP/s"])]
     for part in ("throughput", "throughput_compiled", "long_context"):

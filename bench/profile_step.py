@@ -105,7 +105,7 @@ def replay_size(size: str, seq_len: int, batch: int, steps: int, top: int) -> No
 def warm_step(size: str, seq_len: int, batch: int, compiled: bool) -> Callable[[], None]:
     """The trainer's training step of one size class, after two warm-up steps."""
     cfg = model_config("megabyte", size, seq_len)
-    model = make_model(cfg, torch.device("cpu"), torch.float32)
+    model = make_model(cfg, CPU, torch.float32)
     ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     step = training_step(model, ids, "inductor" if compiled else None)  # the trainer's AdamW
     for _ in range(2):

@@ -3,7 +3,7 @@
 # registry can be reached: the device image (Python 3.12, CUDA PyTorch, numpy, PyYAML,
 # sentencepiece, tensorboard, einops, msgpack, ninja, psutil, py-cpuinfo, tqdm, ...) cannot fetch
 # anything, and this project also needs omegaconf, webdataset and deepspeed. They go to
-# .gpu/wheels (git-ignored, about 4 MB), which the device run carries; scripts/gpu_check.sh
+# .gpu/wheels (git-ignored, about 5 MB), which the device run carries; scripts/gpu_check.sh
 # installs them there.
 #   bash scripts/gpu_wheels.sh
 set -euo pipefail
