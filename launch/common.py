@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from data_prep.atomic import atomic_write_text
 from launch.slurm_config import validate_slurm
+from pretrain.checkpoints import store
 from pretrain.config import REPO_ROOT, Config, ConfigError, derive, load_config, slurm_procs_per_node, to_yaml
 from pretrain.runtime.processes import EXIT_REQUEUE, STOP_REASON, read_stop_reason
 
@@ -45,6 +46,19 @@ def world_size(cfg: Config, nodes: int, procs_per_node: int) -> int:
     world = nodes * procs_per_node
     derive(cfg, world_size=world)  # raises ConfigError naming the key
     return world
+
+
+def check_resume_layout(cfg: Config, world: int) -> None:
+    """A run that will resume must resume at the layout that wrote its checkpoint: refuse a
+    launch with another process count before any process starts (the engine checks again)."""
+    if not cfg.checkpoint.resume:
+        return
+    ckpt = store.pointed(Path(cfg.run_dir) / "checkpoints")
+    if ckpt is None:
+        return
+    writers = store.rank_file_count(ckpt)
+    if writers != world:
+        raise ConfigError(f"resume error: {store.resume_layout_error(ckpt, writers, world)}")
 
 
 def procs_per_node(cfg: Config) -> int:
@@ -90,6 +104,6 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-__all__ = ["ConfigError", "EXIT_REQUEUE", "LAUNCH_DIR", "STOP_REASON", "fail", "job_environment",
-           "launch_dir", "launched_config_path", "load_run_config", "procs_per_node",
+__all__ = ["ConfigError", "EXIT_REQUEUE", "LAUNCH_DIR", "STOP_REASON", "check_resume_layout", "fail",
+           "job_environment", "launch_dir", "launched_config_path", "load_run_config", "procs_per_node",
            "read_json", "read_stop_reason", "save_run_config", "world_size", "worker_command"]

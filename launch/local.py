@@ -9,9 +9,10 @@ Stopping: SIGUSR1, SIGTERM or Ctrl-C make every process checkpoint at its next s
 exit (a second Ctrl-C kills them). The launcher then exits 75, and running the same command again
 resumes. One JSON object goes to stdout (run directory, stop reason, results); logs to stderr.
 
-Exit codes: 0 finished; 75 stopped on a signal after checkpointing; 2 bad config; 3 diverged
-(too many non-finite steps in a row; ``stop_reason`` ``diverged``); otherwise the failure code of
-torchrun.
+Exit codes: 0 finished; 75 stopped on a signal after checkpointing; 2 bad config, an unwritable
+run directory or a checkpoint written by another number of processes; 3 diverged (too many
+non-finite steps in a row; ``stop_reason`` ``diverged``); 130 killed by a second Ctrl-C;
+otherwise the failure code of torchrun.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Dict, List, Optional
 
 from launch.common import (
     EXIT_REQUEUE,
+    check_resume_layout,
     fail,
     job_environment,
     launched_config_path,
@@ -57,13 +59,30 @@ def _ignore_stop_signals() -> None:  # runs in the child before exec: inherited 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Has process ``pid`` installed a handler for ``signum`` (``SigCgt`` in /proc/PID/status)?
+    Workers start with SIGUSR1 ignored (inherited from torchrun) until ``launch.worker`` runs."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration, IndexError):
+        return False
+    return bool((int(mask, 16) >> (signum - 1)) & 1)
+
+
 class StopForwarder:
     """Turns SIGUSR1 / SIGTERM / Ctrl-C into SIGUSR1 for the training processes (torchrun's
-    children); a second Ctrl-C kills torchrun and its process groups."""
+    children); a second Ctrl-C kills torchrun and its process groups.
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    A stop asked for while the workers are still starting (torchrun up, workers not yet, or
+    not yet catching SIGUSR1) stays pending, and :meth:`poll` delivers it once all ``nproc``
+    of them catch it: sent earlier, it would be ignored and training would run on."""
+
+    def __init__(self, proc: subprocess.Popen, nproc: int) -> None:
         self.proc = proc
+        self.nproc = nproc
         self.interrupts = 0
+        self.pending = False
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle)
 
@@ -87,7 +106,18 @@ class StopForwarder:
         name = signal.Signals(signum).name
         print(f"[launch.local] {name}: asking the training processes to checkpoint and stop "
               "(Ctrl-C again to kill them)", file=sys.stderr, flush=True)
-        for child in self.workers():
+        self.pending = True
+        self.poll()
+
+    def poll(self) -> None:
+        """Deliver a pending stop once every training process catches SIGUSR1."""
+        if not self.pending:
+            return
+        children = self.workers()
+        if len(children) < self.nproc or not all(catches(c.pid, signal.SIGUSR1) for c in children):
+            return
+        self.pending = False
+        for child in children:
             try:
                 child.send_signal(signal.SIGUSR1)
             except Exception:  # it may have exited meanwhile
@@ -104,32 +134,37 @@ def _kill_group(pid: int) -> None:
 def run(nproc: int, config: Optional[str], overrides: List[str], dry_run: bool = False) -> Dict[str, Any]:
     cfg = load_run_config(config, overrides)
     world_size(cfg, 1, nproc)
+    check_resume_layout(cfg, nproc)
     path = launched_config_path(cfg.run_dir)
     cmd = torchrun_command(nproc, str(path))
     if dry_run:
         return {"run_dir": cfg.run_dir, "command": cmd, "config": str(path)}
-    save_run_config(cfg)
-    stop_file = Path(cfg.run_dir) / processes.STOP_REASON
-    stop_file.unlink(missing_ok=True)  # this run writes it afresh
+    try:
+        save_run_config(cfg)
+        (Path(cfg.run_dir) / processes.STOP_REASON).unlink(missing_ok=True)  # written afresh
+    except OSError as err:
+        raise ConfigError(f"run_dir: cannot write {cfg.run_dir}: {err.strerror or err}") from None
     print(f"[launch.local] {nproc} process(es), run {cfg.run_dir}", file=sys.stderr, flush=True)
     # Training output (including rank 0's result line) goes to stderr: stdout is this command's JSON.
     proc = subprocess.Popen(cmd, env=job_environment(), stdout=sys.stderr,
                             preexec_fn=_ignore_stop_signals)
-    StopForwarder(proc)
+    stopper = StopForwarder(proc, nproc)
     while True:
         try:
-            code = proc.wait()
+            code = proc.wait(timeout=0.5)
             break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-            continue
+        except subprocess.TimeoutExpired:
+            stopper.poll()
     reason = read_stop_reason(cfg.run_dir)
     return {"run_dir": cfg.run_dir, "nproc": nproc, "stop_reason": reason,
-            "torchrun_exit_code": code, "config": str(path),
+            "torchrun_exit_code": code, "config": str(path), "killed": stopper.interrupts > 1,
             "results": (read_json(Path(cfg.run_dir) / "results.json")
                         if reason and reason != processes.DIVERGED else None)}
 
 
 def exit_code(result: Dict[str, Any]) -> int:
+    if result.get("killed"):
+        return 130  # the second Ctrl-C: as a shell reports an interrupted command
     reason = result.get("stop_reason")
     if reason in ("max_steps", "max_minutes"):
         return 0
@@ -137,7 +172,8 @@ def exit_code(result: Dict[str, Any]) -> int:
         return EXIT_REQUEUE
     if reason == processes.DIVERGED:
         return processes.EXIT_ABORT
-    return result.get("torchrun_exit_code") or 1
+    code = result.get("torchrun_exit_code") or 1
+    return code if code > 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -148,7 +184,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                "  python -m launch.local --config configs/debug.yaml --nproc 4 "
                "parallel.tensor_parallel=2\n\n"
                "exit codes: 0 finished; 75 stopped on a signal (checkpointed: run it again to "
-               "resume); 2 bad config",
+               "resume); 2 bad config (or a checkpoint of another layout); 3 diverged; 130 "
+               "killed by a second Ctrl-C; otherwise torchrun's exit code",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: configs/quickstart.yaml)")
     parser.add_argument("--nproc", type=int, required=True, help="training processes (one per GPU)")

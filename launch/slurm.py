@@ -34,8 +34,10 @@ from typing import Dict, List, Optional, Sequence
 from data_prep.atomic import atomic_write_text
 from launch.common import (
     EXIT_REQUEUE,
+    check_resume_layout,
     fail,
     launch_dir,
+    launched_config_path,
     load_run_config,
     procs_per_node,
     save_run_config,
@@ -49,7 +51,7 @@ from pretrain.config import (
     ConfigError,
     SlurmConfig,
     as_dict,
-    load_config,
+    to_yaml,
 )
 
 SCRIPTS = Path(__file__).resolve().parent / "sbatch"
@@ -117,7 +119,9 @@ def directives(s: SlurmConfig, job_name: str, output: str, *, nodes: int, gpus: 
         lines.append("--requeue")
     if array:
         lines.append(f"--array={array}")
-    lines += list(s.extra_directives)
+    for i, line in enumerate(s.extra_directives):  # validated: --name or --name=value
+        name, eq, value = line.partition("=")
+        lines.append(name + (eq + directive_value(value, f"slurm.extra_directives[{i}]") if eq else ""))
     return ["#SBATCH " + line for line in lines]
 
 
@@ -171,11 +175,13 @@ def render_training(runs: Sequence[Config], *, output_dir: str, job_name: str,
     for cfg in runs:
         check_devices(cfg)
         world = world_size(cfg, s.nodes, nproc)
+        check_resume_layout(cfg, world)
     array = None
     if len(runs) > 1:
         array = f"0-{len(runs) - 1}" + (f"%{max_parallel}" if max_parallel else "")
     log_name = "slurm-%A_%a.out" if array else "slurm-%j.out"
-    sbatch = directives(s, job_name, output_pattern(output_dir, log_name, "slurm.output_dir"),
+    where = "slurm.output_dir" if s.output_dir else "run_dir"  # the logs' default: <run_dir>/launch
+    sbatch = directives(s, job_name, output_pattern(output_dir, log_name, where),
                         nodes=s.nodes, array=array)
     about = ["MEGABYTE training job rendered by `python -m launch.slurm` (launch/slurm.py).",
              "Resubmit it as it was with `sbatch <this file>`: training resumes from the run's",
@@ -273,6 +279,8 @@ class Submission:
     script: str
     prepare: List[PrepareStep] = dataclasses.field(default_factory=list)
     prep_jobs: List[PrepJob] = dataclasses.field(default_factory=list)
+    run_scripts: List[str] = dataclasses.field(default_factory=list)
+    """Of an array: each run's own one-run script (``<run_dir>/launch/job.sbatch``)."""
 
     @property
     def prepare_script(self) -> Optional[str]:
@@ -311,7 +319,7 @@ def plan_sweep(path: str, overrides: Sequence[str]) -> Submission:
     runs, pending = load_runs(sweep, overrides)
     first = runs[0].cfg if runs else None
     if first is None:  # preparation only: the default config's slurm section, with overrides
-        first = load_config(None, overrides)
+        first = load_run_config(None, [*sweep.overrides, *overrides])
     if len(runs) > 1:
         _same_slurm(runs)
     job_name = sweep.job_name or first.slurm.job_name
@@ -323,9 +331,12 @@ def plan_sweep(path: str, overrides: Sequence[str]) -> Submission:
         output_dir = os.path.abspath("launch")
     script = render_training([r.cfg for r in runs], output_dir=output_dir, job_name=job_name,
                              max_parallel=sweep.max_parallel) if runs else ""
+    # Each run keeps a script of its own that resubmits it alone (not the whole array).
+    own = [render_training([r.cfg], output_dir=str(launch_dir(r.cfg.run_dir)), job_name=job_name)
+           for r in runs] if len(runs) > 1 else []
     jobs = prepare_jobs(pending, first.slurm, output_dir=output_dir, job_name=job_name,
                         cpus=sweep.prepare_cpus)
-    return Submission(runs, output_dir, job_name, script, pending, jobs)
+    return Submission(runs, output_dir, job_name, script, pending, jobs, own)
 
 
 def sbatch(script: Path, dependency: Optional[str] = None) -> str:
@@ -348,10 +359,10 @@ def sbatch(script: Path, dependency: Optional[str] = None) -> str:
 def write_files(plan: Submission) -> None:
     """Save what the jobs read and what reproduces them: configs, scripts (0755)."""
     Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
-    for run in plan.runs:
+    for run, own in zip(plan.runs, plan.run_scripts or [None] * len(plan.runs)):
         save_run_config(run.cfg)
-        if len(plan.runs) > 1:  # each run directory keeps a copy of the array script
-            _write_script(launch_dir(run.cfg.run_dir) / "job.sbatch", plan.script)
+        if own is not None:  # each run of an array keeps a script that resubmits it alone
+            _write_script(launch_dir(run.cfg.run_dir) / "job.sbatch", own)
     if plan.runs:
         _write_script(plan.script_path, plan.script)
     for job in plan.prep_jobs:
@@ -382,7 +393,25 @@ def submit_preparation(plan: Submission, result: Dict[str, object]) -> Optional[
     return prepare_id
 
 
-def submit(plan: Submission) -> Dict[str, object]:
+def check_saved_configs(plan: Submission) -> None:
+    """Refuse to replace a run directory's saved config with a different one: a job of that run
+    still queued reads ``<run_dir>/launch/config.yaml`` when it starts, and would train the new
+    config (``--replace`` allows it). The same config again (a resubmission) is fine."""
+    for run in plan.runs:
+        path = launched_config_path(run.cfg.run_dir)
+        try:
+            old = path.read_text()
+        except FileNotFoundError:
+            continue
+        if old != to_yaml(run.cfg):
+            raise ConfigError(f"config error: {path} holds another config for this run directory; "
+                              "a job of it still queued would train the new one. Use another "
+                              "run_dir, or --replace to overwrite it")
+
+
+def submit(plan: Submission, replace: bool = False) -> Dict[str, object]:
+    if not replace:
+        check_saved_configs(plan)
     write_files(plan)
     result: Dict[str, object] = {"job_id": None, "script": None, "log": None,
                                  "run_dirs": [r.cfg.run_dir for r in plan.runs]}
@@ -420,6 +449,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     what.add_argument("--sweep", help="sweep file: a job array of several configs (launch/sweep.py)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the script(s) on stdout; write and submit nothing")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite a run directory's saved launch config when it differs "
+                             "(a job of that run still queued would train the new config)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. slurm.nodes=4 train.max_steps=1000")
     args = parser.parse_args(argv)
@@ -436,7 +468,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdout.write(plan.script)
         return 0
     try:
-        result = submit(plan)
+        result = submit(plan, args.replace)
+    except ConfigError as err:
+        return fail(str(err))
     except (RuntimeError, OSError) as err:
         return fail(str(err), 1)
     print(json.dumps(result))

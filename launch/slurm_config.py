@@ -36,8 +36,8 @@ def printable(text: str) -> bool:
 
 def slurm_time_seconds(text: str) -> Optional[int]:
     """Seconds in a Slurm time limit (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``)."""
-    if not text or text in ("UNLIMITED", "INFINITE"):
-        return None
+    if not text or text in ("UNLIMITED", "INFINITE") or set(text) <= set("0:-"):
+        return None  # 0 (in any spelling): no limit, as sbatch reads it
     days, _, rest = text.rpartition("-")
     parts = [int(x) for x in rest.split(":")]
     if days:
@@ -99,8 +99,19 @@ def validate_slurm(cfg: Config) -> None:
         _check(match is not None, f"slurm.extra_directives[{i}]",
                f"must be one sbatch option like --constraint=h100, got {line!r}")
         assert match is not None
-        _check(match.group(1) not in SLURM_OWNED_OPTIONS, f"slurm.extra_directives[{i}]",
-               f"--{match.group(1)} is set by the launcher; use the slurm section's own field")
+        name = match.group(1)
+        # sbatch takes any unambiguous prefix of an option (--out is --output, --arr --array)
+        owned = sorted(o for o in SLURM_OWNED_OPTIONS if o.startswith(name))
+        spelled = f"--{name}" + (f" (--{owned[0]})" if owned and owned[0] != name else "")
+        _check(not owned, f"slurm.extra_directives[{i}]",
+               f"{spelled} is set by the launcher; use the slurm section's own field")
+        _check(not (s.mem and name.startswith("mem-per")), f"slurm.extra_directives[{i}]",
+               f"--{name} cannot go with slurm.mem={s.mem} (sbatch refuses both); set slurm.mem=''")
+        value = (match.group(2) or "=")[1:]
+        _check(value[:1] not in ("'", '"'), f"slurm.extra_directives[{i}]",
+               f"write the value unquoted (the launcher quotes it), got {line!r}")
+        _check("\\" not in line, f"slurm.extra_directives[{i}]",
+               "must not contain a backslash (sbatch reads it as an escape)")
     _check(s.master_port == 0 or 1024 <= s.master_port <= 65535, "slurm.master_port",
            f"must be 0 or in [1024, 65535], got {s.master_port}")
 

@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from launch.common import load_run_config
-from launch.slurm_config import validate_slurm
-from pretrain.config import Config, ConfigError
+from launch.slurm_config import printable, validate_slurm
+from pretrain.config import Config, ConfigError, load_config
+from pretrain.config.loading import read_yaml_mapping
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -107,21 +108,32 @@ class LoadedRun:
 
 def load_sweep(path: os.PathLike | str) -> Sweep:
     """Read and check a sweep file (unknown keys and wrong types are one-line ConfigErrors)."""
+    raw = read_yaml_mapping(Path(path), "sweep")
+    _check_lists(raw, str(path))
     try:
-        raw = OmegaConf.load(str(path))
         merged = OmegaConf.merge(OmegaConf.structured(Sweep), raw)
         sweep: Sweep = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OSError as err:
-        raise ConfigError(f"sweep error: cannot read {path}: {err.strerror or err}") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", "") or "<root>"
         msg = str(getattr(err, "msg", None) or err).splitlines()[0]
         raise ConfigError(f"sweep error ({path}): {key}: {msg}") from None
-    except Exception as err:  # YAML syntax errors come in several types
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"sweep error: {path} is not valid YAML: {first}") from None
     check_sweep(sweep, str(path))
     return sweep
+
+
+def _check_lists(raw: DictConfig, origin: str) -> None:
+    """Name the key when a list field holds something else (omegaconf's merge error does not)."""
+    def want(node: object, key: str, kind: type) -> None:
+        if node is not None and not isinstance(node, kind):
+            what = "a list" if kind is ListConfig else "a mapping"
+            raise ConfigError(f"sweep error ({origin}): {key}: must be {what}")
+
+    for key in ("overrides", "runs", "prepare"):
+        want(raw.get(key), key, ListConfig)
+    for section, inner in (("runs", "overrides"), ("prepare", "args")):
+        for i, item in enumerate(raw.get(section) or []):
+            want(item, f"{section}[{i}]", DictConfig)
+            want(item.get(inner), f"{section}[{i}].{inner}", ListConfig)
 
 
 def check_sweep(sweep: Sweep, origin: str) -> None:
@@ -130,6 +142,8 @@ def check_sweep(sweep: Sweep, origin: str) -> None:
             raise ConfigError(f"sweep error ({origin}): {key}: {problem}")
 
     check(bool(sweep.runs) or bool(sweep.prepare), "runs", "no runs and no prepare steps")
+    check(len(sweep.job_name) <= 200 and printable(sweep.job_name), "job_name",
+          f"must be at most 200 printable characters without newlines, got {sweep.job_name!r}")
     for i, run in enumerate(sweep.runs):
         check(bool(run.config), f"runs[{i}].config", "required")
     for i, step in enumerate(sweep.prepare):
@@ -177,11 +191,8 @@ def _mentions(message: str, steps: Sequence[PrepareStep]) -> bool:
 
 
 def _merge_unvalidated(config: str, overrides: Sequence[str]) -> Config:
-    """The config tree with types checked but cross-field validation left to the job."""
-    merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config))
-    for item in overrides:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    """The config tree with keys and types checked but cross-field validation left to the job."""
+    cfg = load_config(config, overrides, check=False)
     cfg.run_dir = os.path.abspath(os.path.expanduser(cfg.run_dir))
     validate_slurm(cfg)
     return cfg
@@ -199,7 +210,11 @@ def load_runs(sweep: Sweep, cli_overrides: Sequence[str]) -> Tuple[List[LoadedRu
         except ConfigError as err:
             if not _mentions(str(err), pending):
                 raise ConfigError(f"{origin}: {err}") from None
-            runs.append(LoadedRun(_merge_unvalidated(run.config, overrides), origin, str(err)))
+            try:
+                cfg = _merge_unvalidated(run.config, overrides)
+            except ConfigError as bad:  # a wrong key or type is not about the pending data
+                raise ConfigError(f"{origin}: {bad}") from None
+            runs.append(LoadedRun(cfg, origin, str(err)))
             print(f"note: {origin}: checked again when the job starts, after data preparation: "
                   f"{err}", file=sys.stderr)
     seen = {}

@@ -108,3 +108,32 @@ def test_resolved_config_roundtrips(tmp_path):
     again = load_config(path)
     assert to_yaml(again) == to_yaml(cfg)
     assert "# derived:" in path.read_text()
+
+
+@pytest.mark.parametrize("typed,expected", [("4:00:00", "4:00:00"), ("30:00", "30:00"),
+                                            ("2-00:00:00", "2-00:00:00"), ("90", "90")])
+def test_times_with_colons_stay_as_typed(tmp_path, typed, expected):
+    """YAML 1.1 reads 4:00:00 as the base-60 int 14400, which a str field then holds as
+    "14400" (Slurm: minutes, i.e. 10 days). In a file and in an override alike."""
+    assert load_config(CONFIG_DIR / "debug.yaml", [f"slurm.time={typed}"]).slurm.time == expected
+    path = tmp_path / "t.yaml"
+    path.write_text(f"slurm:\n  time: {typed}\n")
+    assert load_config(path).slurm.time == expected
+    with pytest.raises(ConfigError, match="train.max_steps: wrong type '1:00'"):
+        load_config(CONFIG_DIR / "debug.yaml", ["train.max_steps=1:00"])  # no longer 60
+
+
+def test_an_override_that_yaml_would_cut_at_a_comment_is_refused():
+    with pytest.raises(ConfigError, match="' #' starts a YAML comment, which would drop '#b'"):
+        load_config(CONFIG_DIR / "debug.yaml", ["slurm.job_name=a #b"])
+    assert load_config(CONFIG_DIR / "debug.yaml", ["slurm.job_name='a #b'"]).slurm.job_name == "a #b"
+    assert load_config(CONFIG_DIR / "debug.yaml", ["slurm.job_name=a#b"]).slurm.job_name == "a#b"
+    quoted = load_config(CONFIG_DIR / "debug.yaml", ["slurm.extra_directives=['--comment=run #1']"])
+    assert quoted.slurm.extra_directives == ["--comment=run #1"]
+
+
+def test_a_config_file_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping at the top level, not a list"):
+        load_config(path)

@@ -46,6 +46,13 @@ SLURM_ERRORS = [
      "slurm.procs_per_node: 9 processes for 8 GPUs"),
     (["slurm.master_port=80"], "slurm.master_port: must be 0 or in [1024, 65535]"),
     (['slurm.container_mounts=["/a:/b,ro"]'], "slurm.container_mounts[0]: must be SRC"),
+    # sbatch takes unambiguous prefixes: --out is --output, --arr is --array
+    (["slurm.extra_directives=[--out=/tmp/x]"], "--out (--output) is set by the launcher"),
+    (["slurm.extra_directives=[--arr=0-9]"], "--arr (--array) is set by the launcher"),
+    (["slurm.extra_directives=[--no-req]"], "--no-req (--no-requeue) is set by the launcher"),
+    (["slurm.mem=4G", "slurm.extra_directives=[--mem-per-cpu=1G]"],
+     "--mem-per-cpu cannot go with slurm.mem=4G"),
+    (["slurm.extra_directives=['--comment=\"q\"']"], "write the value unquoted"),
 ]
 
 
@@ -69,6 +76,20 @@ def test_newlines_in_slurm_values_are_refused(tmp_path, key):
 def test_slurm_time_parsing():
     assert [slurm_time_seconds(t) for t in ("90", "1:30", "01:00:00", "2-00:00:00", "1-02", "")] == [
         5400, 90, 3600, 172800, 93600, None]
+    assert slurm_time_seconds("0") is None  # sbatch: no limit
+    load_run_config(CONFIG_DIR / "debug.yaml", ["slurm.time=0"])  # not "signal not shorter"
+
+
+def test_a_time_limit_typed_as_hours_reaches_sbatch_as_typed():
+    plan = slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), ["slurm.time=4:00:00"])
+    assert "#SBATCH --time=4:00:00\n" in plan.script  # not --time=14400 (10 days)
+
+
+def test_extra_directive_values_are_quoted_for_sbatch():
+    plan = slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), [
+        "slurm.extra_directives=[--comment=two words, '--comment=run #1', --exclusive, --gres=gpu:8]"])
+    for line in ("--comment='two words'", "--comment='run #1'", "--exclusive", "--gres=gpu:8"):
+        assert f"#SBATCH {line}\n" in plan.script
 
 
 # ---------------------------------------------------------------------------- golden dry run
@@ -448,6 +469,10 @@ prepare:
      "    creates: x\n", "--tasks / --task / --workers are set by the array"),
     ("prepare:\n  - module: data_prep.bytes\n    tasks: 0\n    creates: x\n",
      "prepare[0].tasks: must be >= 1"),
+    ("- a\n", "must hold a mapping at the top level, not a list"),
+    ("runs:\n  config: x\n", "runs: must be a list"),
+    ("runs:\n  - config: x\n    overrides: a=1\n", "runs[0].overrides: must be a list"),
+    ("job_name: " + "j" * 201 + "\nruns:\n  - config: x\n", "job_name: must be at most 200"),
 ])
 def test_sweep_file_errors(tmp_path, body, expected):
     with pytest.raises(ConfigError) as info:
@@ -559,3 +584,186 @@ def test_local_stop_on_signal_then_resume(tmp_path):
     assert f"resumed from {run_dir}/checkpoints/step_{first['results']['steps']:08d}" in again.stderr
     assert "[launch] rank 1 of 2" in again.stderr
     assert (run_dir / "launch" / "config.yaml").is_file()
+
+
+def test_a_preparation_only_sweep_checks_the_slurm_section_and_takes_its_overrides(
+        tmp_path, monkeypatch):
+    """Without runs, the preparation job's resources come from the default config: validated
+    like any other (a newline in a directive used to reach the script) and with the sweep's
+    own overrides (they used to be dropped)."""
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, f"""
+overrides: [slurm.partition=cpuq, slurm.time=2:00:00]
+prepare:
+  - module: data_prep.tokenizer
+    args: []
+    creates: {tmp_path / 'never'}
+""")
+    plan = slurm.plan_sweep(str(sweep), [])
+    assert "#SBATCH --partition=cpuq\n" in plan.prepare_script
+    assert "#SBATCH --time=2:00:00\n" in plan.prepare_script
+    for bad, key in (('slurm.partition="gpu\\ntouch PWNED"', "slurm.partition"),
+                     ("slurm.nodes=0", "slurm.nodes"), ("slurm.mem=lots", "slurm.mem")):
+        with pytest.raises(ConfigError, match=key):
+            slurm.plan_sweep(str(sweep), [bad])
+
+
+def test_a_wrong_key_or_type_in_a_deferred_run_is_one_line(tmp_path, monkeypatch):
+    """A run whose data a prepare step makes is checked later, but a typo is not about the
+    data: it is refused at once, in one line (it used to be an omegaconf traceback)."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data" / "corpus"
+    for override, expected in ((f"data.datasets={data}", "data.datasets"),
+                               (f"data.dataset=[{data}]", "data.dataset: unknown key")):
+        sweep = write_sweep(tmp_path, f"""
+runs:
+  - config: {CONFIG_DIR / 'debug.yaml'}
+    overrides: [data.source=shards, "{override}", run_dir={tmp_path / 'a'}]
+prepare:
+  - module: data_prep.bytes
+    args: [--output, {data}]
+    creates: {data / 'manifest.json'}
+""")
+        with pytest.raises(ConfigError) as info:
+            slurm.plan_sweep(str(sweep), [])
+        assert expected in str(info.value) and str(info.value).startswith("runs[0]")
+        assert "\n" not in str(info.value)
+
+
+def test_each_run_of_an_array_keeps_a_script_that_resubmits_it_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = write_sweep(tmp_path, f"""
+runs:
+  - config: {CONFIG_DIR / 'debug.yaml'}
+    overrides: [run_dir={tmp_path / 'a'}]
+  - config: {CONFIG_DIR / 'debug_transformer.yaml'}
+    overrides: [run_dir={tmp_path / 'b'}]
+""")
+    plan = slurm.plan_sweep(str(sweep), [])
+    slurm.write_files(plan)
+    assert "#SBATCH --array=0-1\n" in plan.script_path.read_text()
+    for name in ("a", "b"):
+        own = (tmp_path / name / "launch" / "job.sbatch").read_text()
+        assert "--array" not in own and f"RUN_DIRS=({tmp_path / name})" in own
+        assert subprocess.run(["bash", "-n"], input=own, text=True).returncode == 0
+
+
+def test_another_config_for_a_submitted_run_dir_is_refused(tmp_path, monkeypatch):
+    """A queued job reads <run_dir>/launch/config.yaml when it starts: a second submission with
+    another config must not silently replace it (the same config again is a resubmission)."""
+    monkeypatch.chdir(tmp_path)
+    submitted: List[Path] = []
+    monkeypatch.setattr(slurm, "sbatch", lambda path, dependency=None: submitted.append(path) or "7")
+    run_dir = tmp_path / "run"
+    args = ["--config", str(CONFIG_DIR / "debug.yaml"), f"run_dir={run_dir}"]
+    assert slurm.main(args + ["train.max_steps=100"]) == 0
+    assert slurm.main(args + ["train.max_steps=100"]) == 0  # the same: a resubmission
+    saved = (run_dir / "launch" / "config.yaml").read_text()
+    assert slurm.main(args + ["train.max_steps=5"]) == 2
+    assert (run_dir / "launch" / "config.yaml").read_text() == saved and len(submitted) == 2
+    assert slurm.main(args + ["train.max_steps=5", "--replace"]) == 0
+    assert "max_steps: 5\n" in (run_dir / "launch" / "config.yaml").read_text()
+
+
+def test_launch_files_are_readable_by_others(tmp_path, monkeypatch):
+    """The atomic writer used mkstemp's 0600: a shared run directory's config (and datasets'
+    manifests) could not be read by the other users of a cluster. Now: 0666 less the umask."""
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        plan = slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), [f"run_dir={tmp_path / 'r'}"])
+        slurm.write_files(plan)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r" / "launch" / "config.yaml").stat().st_mode & 0o777 == 0o644
+    assert plan.script_path.stat().st_mode & 0o777 == 0o755
+
+
+def fake_checkpoint(run_dir: Path, ranks: int) -> Path:
+    ckpt = run_dir / "checkpoints" / "step_00000004"
+    ckpt.mkdir(parents=True)
+    for r in range(ranks):
+        (ckpt / f"rank_{r:05d}.pt").write_bytes(b"")
+    (run_dir / "checkpoints" / "latest").write_text("step_00000004\n")
+    return ckpt
+
+
+@pytest.mark.parametrize("ranks", [2, 0])
+def test_resuming_at_another_process_count_is_refused_before_starting(tmp_path, ranks):
+    """It used to start torchrun and end in DeepSpeed's ZeRORuntimeException traceback."""
+    run_dir = tmp_path / "run"
+    ckpt = fake_checkpoint(run_dir, ranks)
+    if not ranks:
+        (ckpt / "state.pt").write_bytes(b"")  # a plain single-process checkpoint
+    proc = subprocess.run([sys.executable, "-m", "launch.local", "--config", "configs/debug.yaml",
+                           "--nproc", "1", f"run_dir={run_dir}"], cwd=ROOT, env=launcher_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    written_by = "2 processes" if ranks else "a single-process run"
+    assert proc.stderr.startswith("error: resume error: checkpoint ") and written_by in proc.stderr
+    assert "this run has 1" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (run_dir / "launch").exists()  # nothing started, nothing written
+    with pytest.raises(ConfigError, match="written by"):  # and at submission to Slurm
+        slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), [f"run_dir={run_dir}"])
+
+
+def test_local_run_dir_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "launch.local", "--config", "configs/debug.yaml",
+                           "--nproc", "1", f"run_dir={tmp_path / 'afile' / 'run'}"], cwd=ROOT,
+                          env=launcher_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: run_dir: cannot write")
+    assert proc.stderr.count("\n") == 1
+
+
+EARLY_WORKER = """
+import signal, sys, time
+from pathlib import Path
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+time.sleep(1.0)
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+deadline = time.monotonic() + 10
+while not got and time.monotonic() < deadline:
+    time.sleep(0.05)
+Path(sys.argv[1]).write_text("stopped" if got else "ran on")
+"""
+EARLY_PARENT = f"""
+import subprocess, sys, time
+time.sleep(1.0)  # plays torchrun: no workers at first, then workers that ignore SIGUSR1 a while
+procs = [subprocess.Popen([sys.executable, "-c", {EARLY_WORKER!r}, f"{{sys.argv[1]}}/{{i}}"])
+         for i in range(2)]
+sys.exit(max(p.wait() for p in procs))
+"""
+
+
+def test_a_stop_asked_for_while_workers_start_is_delivered_once_they_catch_it(tmp_path):
+    """Ctrl-C right after launch (no workers yet, then workers still ignoring SIGUSR1) used to be
+    acknowledged and lost: training ran to the end. Now it stays pending until all catch it."""
+    from launch.local import StopForwarder
+
+    proc = subprocess.Popen([sys.executable, "-c", EARLY_PARENT, str(tmp_path)])
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        stopper = StopForwarder(proc, nproc=2)
+        stopper.handle(signal.SIGINT, None)  # before any worker exists
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                stopper.poll()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert [(tmp_path / str(i)).read_text() for i in range(2)] == ["stopped", "stopped"]
+    assert not stopper.pending
+
+
+def test_local_exit_codes():
+    from launch.local import exit_code
+
+    assert exit_code({"killed": True, "torchrun_exit_code": -9}) == 130
+    assert exit_code({"stop_reason": None, "torchrun_exit_code": -9}) == 137
+    assert exit_code({"stop_reason": None, "torchrun_exit_code": 1}) == 1
+    assert exit_code({"stop_reason": "signal", "torchrun_exit_code": 0}) == EXIT_REQUEUE

@@ -66,6 +66,27 @@ def latest(ckpt_dir: Path) -> Optional[Path]:
     return target
 
 
+def pointed(ckpt_dir: Path) -> Optional[Path]:
+    """The directory ``latest`` names (single-process or distributed checkpoint), or None."""
+    pointer = ckpt_dir / LATEST
+    return ckpt_dir / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def rank_file_count(ckpt: Path) -> int:
+    """How many processes wrote a checkpoint of the distributed engine (its ``rank_XXXXX.pt``
+    files); 0 for a single-process checkpoint (``state.pt``) or a missing directory."""
+    return sum(1 for _ in Path(ckpt).glob("rank_*.pt"))
+
+
+def resume_layout_error(ckpt: Path, writers: int, world: int) -> str:
+    """Why a checkpoint written by ``writers`` processes (0: one plain process) cannot resume
+    in a ``world``-process run, and what to do instead."""
+    by = f"{writers} processes" if writers else "a single-process run (state.pt)"
+    return (f"checkpoint {ckpt} was written by {by}; this run has {world}: resume with the same "
+            "number of processes and tensor_parallel, or export it (python -m pretrain.export) "
+            "and start a new run with train.init_from=...")
+
+
 def load(path: Path) -> Dict[str, Any]:
     """Load a checkpoint directory (or its ``state.pt``) on the CPU."""
     path = Path(path)

@@ -130,8 +130,10 @@ def submit_slurm(plans: List[MatchedRun], out: Path, dry_run: bool, slurm: List[
     sweep = out / "sweep.yaml"
     atomic_write_text(sweep, json.dumps({"job_name": "compare", "output_dir": str(out / "launch"),
                                          "overrides": list(slurm), "runs": runs}, indent=2) + "\n")
-    cmd = [sys.executable, "-m", "launch.slurm", "--sweep", str(sweep)] + (["--dry-run"] if dry_run
-                                                                           else [])
+    # --replace: a run resubmitted here has no job left (the earlier one ended: this command
+    # waited for it), so new --set values (say a longer slurm.time) may replace its saved config.
+    cmd = [sys.executable, "-m", "launch.slurm", "--sweep", str(sweep), "--replace"] + (
+        ["--dry-run"] if dry_run else [])
     log(f"submitting {len(runs)} runs: {' '.join(cmd[1:])}")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode:

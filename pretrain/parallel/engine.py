@@ -369,12 +369,10 @@ class DeepSpeedTrainer(Trainer):
         if tag is None:
             return
         rank_file = self.ckpt_dir / tag / f"rank_{self.grid.rank:05d}.pt"
-        if all_ranks_max(0.0 if rank_file.is_file() else 1.0, self.device) > 0:  # agreed by all
-            raise ResumeError(f"checkpoint {self.ckpt_dir / tag} was written by a different layout "
-                              f"(some rank of this {self.world_size}-process run has no rank file); "
-                              "resume with the same number of processes and tensor_parallel, or "
-                              "export it (python -m pretrain.export) and start a new run with "
-                              "train.init_from=...")
+        writers = store.rank_file_count(self.ckpt_dir / tag)
+        bad = writers != self.world_size or not rank_file.is_file()
+        if all_ranks_max(float(bad), self.device) > 0:  # agreed by all
+            raise ResumeError(store.resume_layout_error(self.ckpt_dir / tag, writers, self.world_size))
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag,
                                                    load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
