@@ -11,8 +11,10 @@ with its recorded size, then writes ``DIR/manifest.json`` atomically (the schema
 loader reads) and deletes shard files of ours that it does not name. Merging is deterministic
 and idempotent: two tasks that finish at the same moment and both merge write the same bytes.
 The last task of a job to finish merges by itself; this command is for a job whose tasks were
-run without that (or to check one). Exit status 0: merged; 2: parts missing or inconsistent (one
-line naming them). One JSON object goes to stdout.
+run without that (or to check one). ``--digest`` reads every document before the manifest is
+written: a shard that fails its checks (crc32, sample counts) leaves no manifest. Exit status 0:
+merged; 2: parts missing, malformed or inconsistent, or a shard unreadable (one line naming the
+file and what is wrong; no manifest written). One JSON object goes to stdout.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from data_prep.shards import (
     MANIFEST,
     SPLITS,
     VERSION,
+    ManifestError,
+    ShardError,
     iter_documents,
-    read_manifest,
     remove_stale,
     write_manifest,
 )
+from data_prep.verify import check_manifest, read_valid_manifest, shard_records_problem
 
 PARTS = "parts"
 PART_FORMAT = "megabyte-shards-part"
@@ -67,6 +71,37 @@ def read_part(out_dir: Path, task: int, tasks: int) -> Optional[Dict[str, Any]]:
     return part if isinstance(part, dict) and part.get("format") == PART_FORMAT else None
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_bad_input(value: Any) -> bool:
+    """``{"counts": {kind: count}, "examples": [...]}``, as a task writes it."""
+    return (isinstance(value, dict) and isinstance(value.get("examples"), list)
+            and isinstance(value.get("counts"), dict)
+            and all(isinstance(k, str) and _is_count(c) for k, c in value["counts"].items()))
+
+
+def part_problem(part: Dict[str, Any], task: int, tasks: int) -> Optional[str]:
+    """What is wrong with the structure of task ``task``'s part (None: every field the merge
+    reads is there and well-formed; shard records as :func:`~data_prep.verify.shard_record_problem`
+    wants them)."""
+    checks = {"fingerprint": (lambda v: isinstance(v, str), "a string"),
+              "task": (lambda v: v == task, f"{task}, as the file name says"),
+              "tasks": (lambda v: v == tasks, f"{tasks}, as the file name says"),
+              "job": (lambda v: isinstance(v, dict), "an object"),
+              "bad_input": (_is_bad_input, "an object of 'counts' and 'examples'"),
+              "blank_lines": (_is_count, "a count (an integer >= 0)")}
+    for key, (ok, want) in checks.items():
+        if key not in part:
+            return f"missing field {key!r}"
+        if not ok(part[key]):
+            return f"field {key!r} is {str(part[key])[:80]}, not {want}"
+    if "shards" not in part:
+        return "missing field 'shards'"
+    return shard_records_problem(part["shards"])
+
+
 def _shards_present(out_dir: Path, records: List[Dict[str, Any]]) -> Optional[str]:
     """None when every shard is there with its recorded size, else the first one that is not."""
     for rec in records:
@@ -80,7 +115,7 @@ def finished_part(out_dir: Path, fingerprint: str, task: int, tasks: int) -> Opt
     """Task ``task``'s part if it belongs to this job (``fingerprint``) and its shards are all
     present; None: the task must run."""
     part = read_part(out_dir, task, tasks)
-    if part is None or part.get("fingerprint") != fingerprint:
+    if part is None or part.get("fingerprint") != fingerprint or part_problem(part, task, tasks):
         return None
     return part if _shards_present(out_dir, part["shards"]) is None else None
 
@@ -105,6 +140,11 @@ def collect_parts(out_dir: Path, tasks: int, fingerprint: Optional[str] = None) 
         raise MergeError(f"{out_dir}: {len(missing)} of {tasks} parts missing (tasks "
                          f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}): "
                          "those tasks have not finished; run them again")
+    for t, p in enumerate(parts):
+        problem = part_problem(p, t, tasks)  # type: ignore[arg-type]
+        if problem:
+            raise MergeError(f"{part_path(out_dir, t, tasks)}: {problem} (a damaged part: run task {t} "
+                             "again)")
     want = fingerprint or parts[0]["fingerprint"]  # type: ignore[index]
     for t, p in enumerate(parts):
         assert p is not None
@@ -140,20 +180,37 @@ def build_manifest(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
             "blank_lines": sum(p["blank_lines"] for p in parts)}
 
 
-def merge(out_dir: Path, tasks: Optional[int] = None, fingerprint: Optional[str] = None) -> Dict[str, Any]:
-    """Merge the parts in ``out_dir`` into ``manifest.json``; returns the manifest."""
+def merged_manifest(out_dir: Path, tasks: Optional[int] = None,
+                    fingerprint: Optional[str] = None) -> Dict[str, Any]:
+    """The manifest the parts in ``out_dir`` give, checked (:func:`collect_parts`, then
+    :func:`~data_prep.verify.check_manifest`, so two parts naming one shard are refused too);
+    nothing is written."""
     out_dir = Path(out_dir)
     tasks = tasks or job_tasks(out_dir)
     manifest = build_manifest(collect_parts(out_dir, tasks, fingerprint))
+    try:
+        return check_manifest(manifest, out_dir / PARTS, "parts of different jobs: run the job again")
+    except ManifestError as err:
+        raise MergeError(str(err)) from None
+
+
+def write_merged(out_dir: Path, manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """Write ``manifest`` (from :func:`merged_manifest`) and drop what it makes stale."""
+    out_dir = Path(out_dir)
     write_manifest(out_dir, manifest)
     # Shards of earlier jobs (other task counts, other inputs) are not named: drop them, but not a
     # temporary manifest, which a task merging at this same moment may be about to rename.
     remove_stale(out_dir, keep=tuple(r["name"] for r in manifest["shards"]), manifest_temps=False)
     for p in (out_dir / PARTS).glob("part-*.json"):
         m = PART_RE.match(p.name)
-        if m and int(m.group(2)) != tasks:
+        if m and int(m.group(2)) != manifest["tasks"]:
             p.unlink(missing_ok=True)
     return manifest
+
+
+def merge(out_dir: Path, tasks: Optional[int] = None, fingerprint: Optional[str] = None) -> Dict[str, Any]:
+    """Merge the parts in ``out_dir`` into ``manifest.json``; returns the manifest."""
+    return write_merged(out_dir, merged_manifest(out_dir, tasks, fingerprint))
 
 
 def try_merge(out_dir: Path, tasks: int, fingerprint: str) -> Optional[Dict[str, Any]]:
@@ -164,11 +221,12 @@ def try_merge(out_dir: Path, tasks: int, fingerprint: str) -> Optional[Dict[str,
         return None
 
 
-def split_digests(directory: Path) -> Dict[str, Dict[str, Any]]:
+def split_digests(directory: Path, manifest: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
     """Per split: document count, bytes, and a digest of its documents that does not depend on
     their order (sha256 over the sorted sha256 of each document's id and bytes), so datasets made
-    with different task or worker counts can be compared."""
-    manifest = read_manifest(directory)
+    with different task or worker counts can be compared. ``manifest``: the dataset's (default:
+    read from ``directory``)."""
+    manifest = manifest or read_valid_manifest(directory)
     out = {}
     for s in SPLITS:
         hashes, n_bytes = [], 0
@@ -193,15 +251,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also read every document and print each split's order-free digest")
     args = p.parse_args(argv)
     try:
-        manifest = merge(args.directory, args.tasks)
+        manifest = merged_manifest(args.directory, args.tasks)
+        # --digest reads every document first: a shard failing its checks leaves no manifest.
+        digests = split_digests(args.directory, manifest) if args.digest else None
+        write_merged(args.directory, manifest)
         out: Dict[str, Any] = {"status": "merged", "output": str(args.directory),
                                "manifest": str(args.directory / MANIFEST), "tasks": manifest["tasks"],
-                               "splits": {s: {k: v[k] for k in ("docs", "bytes", "shards")}
-                                          for s, v in manifest["splits"].items()},
+                               "splits": {s: {k: manifest["splits"][s][k]
+                                              for k in ("docs", "bytes", "shards")} for s in SPLITS},
                                "bad_input": manifest["bad_input"]["counts"]}
-        if args.digest:
-            out["digests"] = split_digests(args.directory)
-    except (MergeError, OSError, ValueError) as err:
+        if digests is not None:
+            out["digests"] = digests
+    except (MergeError, ManifestError, ShardError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(out))

@@ -5,6 +5,9 @@ by the manifest) is the prefix, ``/``, then the file name:
 
 * a local directory: ``/data/ds`` -> ``/data/ds/train-000000.tar`` (plain ``open``; a stat gives
   the size, so a truncated local shard is refused at start-up);
+* ``file://PATH``: the local directory PATH, read exactly like it (``file:///data/ds`` ->
+  ``file:///data/ds/train-000000.tar``, opened as ``/data/ds/train-000000.tar``), kept a string
+  like every URL (a ``Path`` would collapse its ``//``);
 * ``http://`` / ``https://``: ``https://host/ds`` -> ``https://host/ds/train-000000.tar``
   (``urllib``; an HTTP error or a timeout names the URL);
 * ``pipe:COMMAND`` (webdataset's convention): the command's stdout is the file. When COMMAND
@@ -43,9 +46,18 @@ class RemoteError(OSError):
 
 
 def is_remote(location: Location) -> bool:
-    """Whether ``location`` is a URL or a ``pipe:`` command rather than a local path."""
+    """Whether ``location`` is a URL (``file://`` included) or a ``pipe:`` command rather than a
+    plain local path: such a location stays a string (never a ``Path``, which would collapse the
+    ``//`` of a URL) and its files are named by :func:`join`. A ``file://`` location is still
+    opened and sized like a local path (:func:`open_stream`, :func:`size_of`)."""
     s = str(location)
-    return s.startswith("pipe:") or bool(_SCHEME_RE.match(s)) and not s.startswith("file://")
+    return s.startswith("pipe:") or bool(_SCHEME_RE.match(s))
+
+
+def _is_local(location: Location) -> bool:
+    """Whether ``location`` names a local file: a plain path or a ``file://`` URL."""
+    s = str(location)
+    return s.startswith("file://") or not is_remote(s)
 
 
 def _local(location: Location) -> str:
@@ -59,7 +71,9 @@ def join(base: Location, name: str) -> str:
         raise RemoteError(f"{base}: file name {name!r} is not a plain file name (letters, digits, ._-)")
     s = str(base)
     if not is_remote(s):
-        return str(Path(_local(s)) / name)
+        return str(Path(s) / name)
+    if s.startswith("file://"):
+        return "file://" + str(Path(_local(s)) / name)
     if s.startswith("pipe:") and "{name}" in s:
         return s.replace("{name}", name)
     return s.rstrip("/") + "/" + name
@@ -73,7 +87,7 @@ def open_stream(location: Location) -> BinaryIO:
     not exist raises :class:`FileNotFoundError` as ``open`` does.
     """
     s = str(location)
-    if not is_remote(s):
+    if _is_local(s):
         return open(_local(s), "rb")
     # Buffered, so read(n) gives n bytes unless the file ends (tarfile expects whole blocks).
     if s.startswith("pipe:"):
@@ -84,10 +98,10 @@ def open_stream(location: Location) -> BinaryIO:
 
 
 def size_of(location: Location) -> Optional[int]:
-    """The size in bytes of a local file (None for a remote location: asking would cost one
-    request per shard; a remote shard's size is checked as it is read). Raises
-    :class:`FileNotFoundError` for a missing local file."""
-    if is_remote(location):
+    """The size in bytes of a local file, ``file://`` included (None for a remote location:
+    asking would cost one request per shard; a remote shard's size is checked as it is read).
+    Raises :class:`FileNotFoundError` for a missing local file."""
+    if not _is_local(location):
         return None
     return os.stat(_local(location)).st_size
 
@@ -99,12 +113,12 @@ def read_bytes(location: Location) -> bytes:
 
 
 class _HttpStream(io.RawIOBase):
-    """A GET response as a file; errors name the URL, and a body shorter than its
-    Content-Length is an error, not a silent end of file."""
+    """A GET response as a file; errors name the URL and say how much of the body arrived, and
+    a body shorter than its Content-Length is an error, not a silent end of file."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url = url
+        self.url, self.received = url, 0
         try:
             self.resp: Any = urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
         except urllib.error.HTTPError as err:
@@ -113,18 +127,32 @@ class _HttpStream(io.RawIOBase):
             raise RemoteError(f"{url}: cannot connect: {err.reason}") from None
         except TimeoutError:
             raise RemoteError(f"{url}: timed out after {HTTP_TIMEOUT_S:g} s waiting for an answer") from None
+        length = self.resp.headers.get("Content-Length", "")
+        self.length: Optional[int] = int(length) if length.isdigit() else None
 
     def readable(self) -> bool:
         return True
 
+    def _progress(self) -> str:
+        """How much of the body arrived, for error messages: "10000 of 1382400 bytes received"."""
+        return f"{self.received}{'' if self.length is None else f' of {self.length}'} bytes received"
+
     def readinto(self, b: Any) -> int:  # type: ignore[override]
+        # read1: one read of the socket, so what arrived is counted even if the next read fails.
         try:
-            return self.resp.readinto(b)
+            data = self.resp.read1(len(b))
         except TimeoutError:
-            raise RemoteError(f"{self.url}: read timed out after {HTTP_TIMEOUT_S:g} s") from None
+            raise RemoteError(f"{self.url}: read timed out after {HTTP_TIMEOUT_S:g} s "
+                              f"({self._progress()})") from None
         except Exception as err:  # IncompleteRead, connection reset, ...
-            raise RemoteError(f"{self.url}: connection broke while reading: "
+            raise RemoteError(f"{self.url}: connection broke while reading ({self._progress()}): "
                               f"{type(err).__name__}: {err}") from None
+        n = len(data)
+        b[:n] = data
+        self.received += n
+        if not n and len(b) and self.length is not None and self.received < self.length:
+            raise RemoteError(f"{self.url}: connection closed early ({self._progress()})")
+        return n
 
     def close(self) -> None:
         if not self.closed:

@@ -9,7 +9,9 @@ Training (``--output PREFIX``) reads the train split of a dataset prepared by
 ``python -m data_prep.bytes`` (``--dataset``), or a directory of files (``--input``; default:
 Python's stdlib). Settings that make encode/decode an exact round trip of UTF-8 text:
 ``byte_fallback`` (any character outside the vocabulary becomes byte pieces), identity
-normalization, no dummy prefix, no whitespace removal. SentencePiece *silently skips* training
+normalization, no dummy prefix, no whitespace removal, and the whitespace marker ``▁`` always in
+the vocabulary (a sample without a space would leave it out, and a space would then be encoded
+as the byte pieces of a literal ``▁``). SentencePiece *silently skips* training
 lines longer than ``max_sentence_length``; here long lines are split into pieces of at most that
 many bytes (at character boundaries) and counted, never dropped. Training reads a capped,
 shuffled sample (``input_sentence_size``) so memory stays bounded on large corpora.
@@ -20,13 +22,19 @@ with a manifest recording bytes per token per split. Every document is checked t
 to its exact bytes. Bytes that are not valid UTF-8 (a Latin-1 file in a UTF-8 corpus, binary
 data) are encoded as their byte-fallback pieces, exactly and with the byte count unchanged; such
 documents are counted in the manifest (``non_utf8``) and summarized in one line.
-``--skip invalid_utf8`` leaves them out instead (counted). Re-running with the same inputs is a
-no-op. Results are one JSON object on stdout; progress and logs go to stderr.
+``--skip invalid_utf8`` leaves them out instead (counted). Re-running with the same inputs and
+options is a no-op: training is skipped when ``PREFIX.json`` records the same fingerprint (the
+dataset's manifest fingerprint and shard sha256s, or every input file's path, size and mtime,
+plus the options) and ``PREFIX.model`` is the model it records; token shards likewise. Results
+are one JSON object on stdout (``"status"``: ``written`` or ``unchanged``); progress and logs go
+to stderr. Errors (bad options, a malformed manifest, a document that does not round-trip) are
+one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -35,7 +43,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from data_prep.remote import Location
+from data_prep.vocab import SPACE_SYMBOL  # always kept in the vocabulary (see train_sentencepiece)
+
 MAX_SENTENCE_BYTES = 4192  # SentencePiece's default max_sentence_length
+META_PIECES = 257  # <unk> and the 256 byte-fallback pieces
+MIN_VOCAB_SIZE = META_PIECES + 1  # ... and the whitespace marker
+TRAINER_VERSION = 2  # recorded in PREFIX.json's fingerprint: 2 keeps the whitespace marker
 TRAINING_SAMPLE_BYTES = 20_000_000  # default byte cap of the training sample of a dataset
 READ_FACTOR = 8  # a shard is read at most this many times past the documents it gives the sample
 
@@ -112,9 +126,10 @@ def sample_train_documents(dataset: Any, max_bytes: int = TRAINING_SAMPLE_BYTES,
     from tqdm import tqdm
 
     from data_prep.remote import join
-    from data_prep.shards import iter_shard_documents, read_manifest, shard_records
+    from data_prep.shards import iter_shard_documents, shard_records
+    from data_prep.verify import read_valid_manifest
 
-    manifest = read_manifest(dataset)
+    manifest = read_valid_manifest(dataset)
     recs = [r for r in shard_records(manifest, "train") if r["docs"] > 0]
     total_docs, total_bytes = sum(r["docs"] for r in recs), sum(r["bytes"] for r in recs)
     if not recs:
@@ -157,10 +172,16 @@ def train_sentencepiece(documents: Iterable[bytes], output_prefix: Path, vocab_s
 
     ``documents`` are all used (lines reservoir-sampled down to ``sample_lines``); to train on a
     prepared dataset pass :func:`sample_train_documents`, which draws about a byte cap's worth
-    across the whole train split (every shard contributes) instead of its first bytes.
+    across the whole train split (every shard contributes) instead of its first bytes. The
+    whitespace marker ``▁`` is always in the vocabulary (``required_chars``), so a space encodes
+    as ``▁`` even when the sample has none. A ``vocab_size`` too small for the 256 byte pieces,
+    ``<unk>`` and every distinct character of the sample is a :class:`ValueError` saying so.
     """
     import sentencepiece as spm
 
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} is too small: at least {MIN_VOCAB_SIZE} (256 byte "
+                         f"pieces, <unk> and {SPACE_SYMBOL!r})")
     stats = TokenizerStats()
     # Reservoir sample, so memory is bounded by sample_lines whatever the corpus size.
     rng = random.Random(seed)
@@ -175,6 +196,12 @@ def train_sentencepiece(documents: Iterable[bytes], output_prefix: Path, vocab_s
     stats.sampled = len(sample)
     if not sample:
         raise ValueError("no text lines to train the tokenizer on")
+    # SentencePiece keeps every character (coverage 1.0; spaces are the marker; NUL is not kept).
+    chars = len((set("".join(sample).replace(" ", SPACE_SYMBOL)) | {SPACE_SYMBOL}) - {"\x00"})
+    if vocab_size < META_PIECES + chars:
+        raise ValueError(f"vocab_size {vocab_size} is too small for this sample: 256 byte pieces, <unk> "
+                         f"and its {chars} distinct characters need at least {META_PIECES + chars}")
+    output_prefix = Path(output_prefix)
     output_prefix.parent.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sample), model_prefix=str(output_prefix), vocab_size=vocab_size,
@@ -182,8 +209,8 @@ def train_sentencepiece(documents: Iterable[bytes], output_prefix: Path, vocab_s
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
         allow_whitespace_only_pieces=True, max_sentence_length=MAX_SENTENCE_BYTES,
         input_sentence_size=sample_lines, shuffle_input_sentence=True, character_coverage=1.0,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, hard_vocab_limit=False, num_threads=os.cpu_count() or 1,
-        minloglevel=2)
+        required_chars=SPACE_SYMBOL, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, hard_vocab_limit=False,
+        num_threads=os.cpu_count() or 1, minloglevel=2)
     return stats
 
 
@@ -228,7 +255,7 @@ def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: 
     non_utf8: List[str] = []
     read = 0
     try:
-        for doc_id, payload, _ in iter_shard_documents(Path(src), "bytes", samples):
+        for doc_id, payload, _ in iter_shard_documents(src, "bytes", samples):
             read += len(payload)
             try:
                 payload.decode("utf-8")
@@ -239,9 +266,10 @@ def _tokenize_shard(src: str, out_dir: str, name: str, split: str, first_index: 
                     continue
                 non_utf8.append(doc_id)  # its odd bytes become byte pieces (exact)
             ids = vocab.encode(payload)
-            if vocab.decode(ids) != payload:
+            decoded = vocab.decode(ids)
+            if decoded != payload:
                 raise TokenizeError(f"shard {src}: document {doc_id!r}: tokenization is not lossless "
-                                    f"with {model_path} (was it trained by data_prep.tokenizer?)")
+                                    f"with {model_path}: {vocab.round_trip_problem(payload, decoded)}")
             data = np.asarray(ids, dtype=np_dtype).tobytes()
             chunks = split_payload(data, max_sample_bytes, np_dtype.itemsize)
             for c, part in enumerate(chunks):
@@ -260,27 +288,47 @@ def _tokenize_task(args: Tuple) -> Tuple[Optional[Dict[str, Any]], List[str], in
     return _tokenize_shard(*args)
 
 
-def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: int = 1,
+def dataset_identity(manifest: Dict[str, Any]) -> List[Any]:
+    """What a dataset's derived outputs (a tokenizer, token shards) depend on: its manifest's
+    fingerprint and every shard's sha256. Part of their fingerprints."""
+    return [manifest["fingerprint"], [r["sha256"] for r in manifest["shards"]]]
+
+
+def _max_sample_bytes(src: Dict[str, Any], dataset: Location) -> int:
+    """The byte dataset's ``options.max_sample_bytes`` (token shards chunk alike)."""
+    from data_prep.remote import join
+    from data_prep.shards import MANIFEST, ManifestError
+
+    options = src.get("options")
+    value = options.get("max_sample_bytes") if isinstance(options, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ManifestError(f"{join(dataset, MANIFEST)}: field 'options.max_sample_bytes' is "
+                            f"{value!r}, not a positive size (damaged manifest: prepare the dataset again)")
+    return value
+
+
+def tokenize_dataset(dataset: Location, model_path: Path, out_dir: Path, workers: int = 1,
                      skip_invalid_utf8: bool = False, progress: bool = True) -> Dict[str, Any]:
-    """Write token shards of every split of the byte dataset ``dataset`` into ``out_dir``."""
-    import hashlib
+    """Write token shards of every split of the byte dataset ``dataset`` (a directory or any
+    location :mod:`data_prep.remote` reads) into ``out_dir``."""
     import time
 
+    from data_prep.remote import is_remote, join
     from data_prep.shards import (
         FORMAT,
-        SHARD_RE,
         VERSION,
         finished_manifest,
-        read_manifest,
+        parse_shard_name,
         remove_stale,
         sha256_file,
         start_rewrite,
         write_manifest,
     )
+    from data_prep.verify import read_valid_manifest
     from data_prep.vocab import SentencePieceVocab
 
     t0 = time.perf_counter()
-    src = read_manifest(dataset)
+    src = read_valid_manifest(dataset)
     if src["kind"] != "bytes":
         raise TokenizeError(f"{dataset}: holds {src['kind']} shards; tokenize a byte dataset "
                             "(python -m data_prep.bytes)")
@@ -288,11 +336,11 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
     vocab = SentencePieceVocab(model_path)
     dtype = "uint16" if vocab.vocab_size <= 1 << 16 else "uint32"
     tok_sha = sha256_file(model_path)
-    max_sample = int(src["options"]["max_sample_bytes"])
+    max_sample = _max_sample_bytes(src, dataset)
     options = {"skip": ["invalid_utf8"] if skip_invalid_utf8 else [], "dtype": dtype,
                "max_sample_bytes": max_sample}
-    fp = hashlib.sha256(json.dumps([src["fingerprint"], [r["sha256"] for r in src["shards"]], tok_sha,
-                                    options], sort_keys=True).encode()).hexdigest()
+    fp = hashlib.sha256(json.dumps([*dataset_identity(src), tok_sha, options],
+                                   sort_keys=True).encode()).hexdigest()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     old = finished_manifest(out_dir, fp, "tokens")
@@ -300,26 +348,22 @@ def tokenize_dataset(dataset: Path, model_path: Path, out_dir: Path, workers: in
         return _token_summary(old, out_dir, "unchanged", time.perf_counter() - t0)
     start_rewrite(out_dir)  # no manifest until every shard is in place
 
-    tasks = []
-    for rec in src["shards"]:
-        m = SHARD_RE.match(rec["name"])
-        assert m is not None
-        tasks.append((str(Path(dataset) / rec["name"]), str(out_dir), rec["name"], rec["split"],
-                      int(m.group("index")), str(model_path), dtype, max_sample, skip_invalid_utf8,
-                      rec["samples"]))
+    tasks = [(join(dataset, rec["name"]), str(out_dir), rec["name"], rec["split"],
+              parse_shard_name(rec["name"])[2], str(model_path), dtype, max_sample,  # type: ignore[index]
+              skip_invalid_utf8, rec["samples"]) for rec in src["shards"]]  # names checked: ours
     records, skipped, non_utf8 = _run_tasks(tasks, workers, sum(r["bytes"] for r in src["shards"]),
                                             progress)
     if non_utf8:
         print(f"note: {len(non_utf8)} document(s) are not valid UTF-8 (e.g. {non_utf8[0]!r}); their "
               "invalid bytes are encoded as byte-fallback pieces, exactly", file=sys.stderr)
-    splits = _split_stats(records)
     manifest = {
         "format": FORMAT, "version": VERSION, "kind": "tokens", "created_by": "data_prep.tokenizer",
         "fingerprint": fp, "dtype": dtype, "options": options,
         "tokenizer": {"path": str(model_path), "sha256": tok_sha, "pieces": vocab.sp.get_piece_size(),
                       "vocab_size": vocab.vocab_size},
-        "source": {"path": str(Path(dataset).resolve()), "fingerprint": src["fingerprint"]},
-        "splits": splits, "shards": records,
+        "source": {"path": str(dataset) if is_remote(dataset) else str(Path(dataset).resolve()),
+                   "fingerprint": src["fingerprint"]},
+        "splits": _split_stats(records), "shards": records,
         "bad_input": {"counts": {"invalid_utf8": len(skipped)}, "examples": skipped[:100]},
         "non_utf8": {"documents": len(non_utf8), "examples": non_utf8[:100]},
     }
@@ -383,9 +427,14 @@ def _split_stats(records: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 
 
 def _token_summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: float) -> Dict[str, Any]:
+    """The JSON result of :func:`tokenize_dataset`; splits in train, val, test order (a manifest
+    read back has its keys sorted)."""
+    from data_prep.shards import SPLITS
+
+    splits = manifest["splits"]
     return {"status": status, "output": str(out_dir), "seconds": round(seconds, 3),
-            "splits": {s: {k: v[k] for k in ("docs", "bytes", "tokens", "shards", "bytes_per_token")}
-                       for s, v in manifest["splits"].items()},
+            "splits": {s: {k: splits[s][k] for k in ("docs", "bytes", "tokens", "shards", "bytes_per_token")}
+                       for s in SPLITS if s in splits},
             "bad_input": manifest["bad_input"]["counts"],
             "non_utf8_documents": manifest.get("non_utf8", {}).get("documents", 0)}
 
@@ -395,7 +444,22 @@ def _token_summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds
 # --------------------------------------------------------------------------------------
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _count_at_least(least: int, what: str) -> Any:
+    """An argparse type: an integer >= ``least`` (``what`` says why, in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least} ({what}), got {value}")
+        return value
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    from data_prep.bytes import parse_size  # the size parser of every data_prep command
+
     parser = argparse.ArgumentParser(prog="python -m data_prep.tokenizer",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -405,51 +469,94 @@ def main(argv: Optional[List[str]] = None) -> int:
                       help="train a tokenizer: writes PREFIX.model, PREFIX.vocab, PREFIX.json")
     what.add_argument("--model", type=Path, help="use this trained .model instead of training one")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--dataset", type=Path, default=None,
-                     help="a dataset prepared by python -m data_prep.bytes (trains on its train split)")
+    # A string, not a Path: a Path collapses the // of a URL (file://, http://, s3://).
+    src.add_argument("--dataset", default=None,
+                     help="a dataset prepared by python -m data_prep.bytes: a directory or a location "
+                          "data_prep.remote reads (URL, pipe:COMMAND); trains on its train split")
     src.add_argument("--input", type=Path, default=None,
                      help="directory of text files to train on (default: Python's stdlib .py files)")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--vocab-size", type=_count_at_least(MIN_VOCAB_SIZE, "256 byte pieces, <unk> "
+                                                             f"and {SPACE_SYMBOL!r}"), default=8000)
     parser.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
-    parser.add_argument("--max-bytes", type=int, default=TRAINING_SAMPLE_BYTES,
-                        help="train on about this many corpus bytes (with --dataset: drawn across the "
-                             "whole train split, every shard contributing; see sample_train_documents)")
-    parser.add_argument("--sample-lines", type=int, default=2_000_000,
+    parser.add_argument("--max-bytes", type=parse_size, default=TRAINING_SAMPLE_BYTES,
+                        help="train on about this many corpus bytes, e.g. 20M (with --dataset: drawn "
+                             "across the whole train split, every shard contributing; see "
+                             "sample_train_documents)")
+    parser.add_argument("--sample-lines", type=_count_at_least(1, "lines"), default=2_000_000,
                         help="train on a random sample of at most this many lines")
     parser.add_argument("--tokens-output", type=Path, default=None,
                         help="write token shards of every split of --dataset into this directory")
     parser.add_argument("--skip", action="append", default=[], choices=["invalid_utf8"],
                         help="leave out (warn and count) documents that are not valid UTF-8 "
                              "(default: encode their invalid bytes as byte-fallback pieces)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=_count_at_least(1, "processes"),
+                        default=min(4, os.cpu_count() or 1),
                         help="tokenizer processes for --tokens-output (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _training_source(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any], Iterable[bytes]]:
+    """(what the tokenizer depends on, what PREFIX.json says it was trained on, the documents: a
+    generator, read only if iterated) for ``--dataset`` (:func:`dataset_identity`; documents
+    drawn across the whole train split, not its first bytes) or the files of ``--input`` / the
+    stdlib (each file's path, size and mtime)."""
+    from data_prep.sources import list_files, read_documents, stdlib_dir, stdlib_files
+    from data_prep.verify import read_valid_manifest
+
+    if args.dataset is not None:
+        manifest = read_valid_manifest(args.dataset)
+        docs = sample_train_documents(args.dataset, args.max_bytes, progress=not args.no_progress)
+        return (dataset_identity(manifest), {"trained_on": str(args.dataset),
+                                             "source_fingerprint": manifest["fingerprint"]}, docs)
+    root = args.input or stdlib_dir()
+    files = list_files(root) if args.input else stdlib_files()
+    identity = [str(root.resolve()), [[f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns]
+                                      for f in files for st in [f.stat()]]]
+    docs = (data for _, data in read_documents(root, files, args.max_bytes))
+    return identity, {"trained_on": str(root)}, docs
+
+
+def train_cli(args: argparse.Namespace) -> Dict[str, Any]:
+    """Train ``PREFIX.model`` as the command line says, unless ``PREFIX.json`` records the same
+    fingerprint (sources, options, :data:`TRAINER_VERSION`) and ``PREFIX.model`` is the model
+    it records: then nothing is done (``"status": "unchanged"``)."""
+    from data_prep.atomic import atomic_write_bytes
+    from data_prep.shards import sha256_file
+
+    identity, source, docs = _training_source(args)
+    options = {"vocab_size": args.vocab_size, "model_type": args.model_type,
+               "sample_lines": args.sample_lines, "sample_bytes": args.max_bytes}
+    fp = hashlib.sha256(json.dumps([TRAINER_VERSION, identity, options], sort_keys=True).encode()).hexdigest()
+    model, record = Path(f"{args.output}.model"), Path(f"{args.output}.json")
+    try:
+        old = json.loads(record.read_text("utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if (isinstance(old, dict) and old.get("fingerprint") == fp and model.is_file()
+            and old.get("model_sha256") == sha256_file(model)):
+        return {**old, "status": "unchanged"}
+    stats = train_sentencepiece(docs, args.output, args.vocab_size, args.model_type, args.sample_lines)
+    summary = {"model": str(model), **source, **options, "fingerprint": fp,
+               "model_sha256": sha256_file(model), **asdict(stats)}
+    atomic_write_bytes(record, (json.dumps(summary, indent=2) + "\n").encode())
+    return {**summary, "status": "written"}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
-    from data_prep.shards import ManifestError, ShardError, atomic_write_bytes
-    from data_prep.sources import list_files, read_documents, stdlib_dir, stdlib_files
+    from data_prep.shards import ManifestError, ShardError
 
     if args.tokens_output is not None and args.dataset is None:
         parser.error("--tokens-output needs --dataset")
     if args.model is not None and args.tokens_output is None:
         parser.error("--model is only useful with --dataset and --tokens-output")
-    summary: Dict[str, Any] = {}
     try:
         if args.output is not None:
-            if args.dataset is not None:  # drawn across the whole train split, not its first bytes
-                capped: Iterable[bytes] = sample_train_documents(args.dataset, args.max_bytes,
-                                                                 progress=not args.no_progress)
-                source = str(args.dataset)
-            else:
-                root = args.input or stdlib_dir()
-                files = list_files(root) if args.input else stdlib_files()
-                capped = (data for _, data in read_documents(root, files, args.max_bytes))
-                source = str(root)
-            stats = train_sentencepiece(capped, args.output, args.vocab_size, args.model_type,
-                                        args.sample_lines)
-            model = Path(f"{args.output}.model")
-            summary = {"model": str(model), "trained_on": source, **asdict(stats)}
-            atomic_write_bytes(Path(f"{args.output}.json"), (json.dumps(summary, indent=2) + "\n").encode())
+            summary = train_cli(args)
+            model = Path(summary["model"])
         else:
             model = args.model
             summary = {"model": str(model)}

@@ -7,26 +7,143 @@ For every shard the manifest lists (all splits, in manifest order; names come fr
 never from a directory listing): it exists, has the recorded size, its sha256 matches, it reads
 as a tar of well-formed samples (every payload's crc32 checked against its key), and it holds the
 recorded numbers of samples and documents. DIR may be a local directory or any location the
-training loader reads (``http(s)://``, ``pipe:COMMAND``, ``s3://`` / ``gs://`` through fsspec; see
-:mod:`data_prep.remote`).
+training loader reads (``file://``, ``http(s)://``, ``pipe:COMMAND``, ``s3://`` / ``gs://``
+through fsspec; see :mod:`data_prep.remote`). A shard that cannot be read to its end (a timeout,
+a broken connection, a failing command) is reported as that, with the bytes that did arrive.
 
 Exit status: 0 when every shard is good (one summary line on stdout); 1 at the first bad shard
 in manifest order (one line on stderr naming it and what is wrong; later shards are not
-checked); 2 when the manifest is missing or invalid. Progress (bytes checked) goes to stderr.
+checked); 2 when the manifest is missing or invalid (one line naming the file and the field).
+Progress (bytes checked) goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Dict, List, Optional
+from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 
 from data_prep.remote import Location, RemoteError, join, open_stream, size_of
-from data_prep.shards import ManifestError, ShardError, iter_shard_raw, parse_key, read_manifest
+from data_prep.shards import (
+    MANIFEST,
+    PAYLOAD_EXT,
+    SPLITS,
+    ManifestError,
+    ShardError,
+    iter_shard_raw,
+    parse_key,
+    parse_shard_name,
+    read_manifest,
+)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+RECORD_COUNTS = ("samples", "docs", "bytes", "tokens", "file_bytes")
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
+# --------------------------------------------------------------------------------------
+# The structure of a manifest (one check for every reader in data_prep)
+# --------------------------------------------------------------------------------------
+
+
+def _field_problem(rec: Dict[str, Any], key: str) -> Optional[str]:
+    """What is wrong with field ``key`` of a shard record (None: well-formed)."""
+    if key not in rec:
+        return f"missing field {key!r}"
+    value = rec[key]
+    if key == "sha256":
+        ok = isinstance(value, str) and SHA256_RE.match(value) is not None
+        return None if ok else f"field 'sha256' is {value!r}, not 64 lowercase hex digits"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"field {key!r} is {value!r}, not a count (an integer >= 0)"
+    return None
+
+
+def shard_record_problem(rec: Any) -> Optional[str]:
+    """What is wrong with one shard record of a manifest or a part (None: well-formed): a shard
+    name of ours (a plain ``{split}-NNNNNN.tar`` name, never a path), its split, its counts and
+    its sha256."""
+    if not isinstance(rec, dict):
+        return f"is {type(rec).__name__}, not an object"
+    name = rec.get("name")
+    if "name" not in rec:
+        return "missing field 'name'"
+    parsed = parse_shard_name(name) if isinstance(name, str) else None
+    if parsed is None:
+        return (f"field 'name' is {name!r}, not a shard name (split-NNNNNN.tar or "
+                "split-tNNNN-NNNNNN.tar, no directories)")
+    if "split" not in rec:
+        return "missing field 'split'"
+    if rec["split"] != parsed[0]:
+        return f"field 'split' is {rec['split']!r} but the name says {parsed[0]!r}"
+    for key in RECORD_COUNTS + ("sha256",):
+        problem = _field_problem(rec, key)
+        if problem:
+            return problem
+    return None
+
+
+def shard_records_problem(records: Any, field: str = "shards") -> Optional[str]:
+    """What is wrong with a list of shard records (None: a list of well-formed, distinct records)."""
+    if not isinstance(records, list):
+        return f"field {field!r} is {type(records).__name__}, not a list"
+    seen = set()
+    for i, rec in enumerate(records):
+        problem = shard_record_problem(rec)
+        named = isinstance(rec, dict) and isinstance(rec.get("name"), str) and parse_shard_name(rec["name"])
+        label = f"{field}[{i}]" + (f" ({rec['name']})" if named else "")
+        if problem:
+            return f"{label}: {problem}"
+        if rec["name"] in seen:
+            return f"{label}: named twice"
+        seen.add(rec["name"])
+    return None
+
+
+def manifest_problem(manifest: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the structure of a dataset manifest that :func:`read_manifest` accepted
+    (format and version): ``kind``, ``dtype`` of token data, ``fingerprint`` and every shard
+    record (see :func:`shard_record_problem`). None when every reader can rely on it."""
+    if "kind" not in manifest:
+        return "missing field 'kind'"
+    if manifest["kind"] not in PAYLOAD_EXT:
+        return f"field 'kind' is {manifest['kind']!r}, not one of {', '.join(PAYLOAD_EXT)}"
+    if manifest["kind"] == "tokens" and manifest.get("dtype") not in TOKEN_DTYPES:
+        return (f"field 'dtype' is {manifest.get('dtype')!r}, not one of {', '.join(TOKEN_DTYPES)}"
+                if "dtype" in manifest else "missing field 'dtype'")
+    if not isinstance(manifest.get("fingerprint"), str):
+        return ("missing field 'fingerprint'" if "fingerprint" not in manifest
+                else f"field 'fingerprint' is {manifest['fingerprint']!r}, not a string")
+    if "shards" not in manifest:
+        return "missing field 'shards'"
+    return shard_records_problem(manifest["shards"])
+
+
+def check_manifest(manifest: Dict[str, Any], where: Location,
+                   hint: str = "damaged manifest: prepare the dataset again") -> Dict[str, Any]:
+    """``manifest`` if its structure is sound, else :class:`ManifestError` naming ``where`` (the
+    manifest's location) and the missing or bad field, then ``hint``."""
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ManifestError(f"{where}: {problem} ({hint})")
+    return manifest
+
+
+def read_valid_manifest(directory: Location) -> Dict[str, Any]:
+    """:func:`~data_prep.shards.read_manifest` plus :func:`check_manifest`: what every reader in
+    ``data_prep`` uses, so a malformed manifest is one :class:`ManifestError`, never a KeyError."""
+    manifest = read_manifest(directory)
+    return check_manifest(manifest, join(directory, MANIFEST))
+
+
+# --------------------------------------------------------------------------------------
+# Checking shards
+# --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -40,13 +157,19 @@ class ShardCheck:
 
 
 class _HashingReader:
-    """Passes reads through while computing sha256 and size (and moving a progress bar)."""
+    """Passes reads through while computing sha256 and size (and moving a progress bar); keeps
+    the first error of the location itself (timeout, broken connection, failing command)."""
 
     def __init__(self, f: BinaryIO, bar: Any) -> None:
         self.f, self.bar, self.sha, self.size = f, bar, hashlib.sha256(), 0
+        self.error: Optional[str] = None  # its message as raised (webdataset appends to it later)
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
+        try:
+            data = self.f.read(n)
+        except RemoteError as err:
+            self.error = self.error or str(err)
+            raise
         self.sha.update(data)
         self.size += len(data)
         if self.bar is not None:
@@ -60,16 +183,16 @@ class _HashingReader:
 
 def check_shard(directory: Location, rec: Dict[str, Any], kind: str, bar: Any = None) -> ShardCheck:
     """Check one shard against its manifest record (see the module docstring)."""
-    loc = join(directory, rec["name"])
-    out = ShardCheck(rec["name"], loc, [])
+    out = ShardCheck(str(rec.get("name")), str(directory), [])
     try:
+        loc = out.location = join(directory, rec["name"])
         size = size_of(loc)  # local only: a cheap first check before reading
         stream = open_stream(loc)
     except FileNotFoundError:
         out.problems.append("missing (listed in the manifest)")
         return out
     except RemoteError as err:
-        out.problems.append(f"cannot open: {str(err).removeprefix(loc + ': ')}")
+        out.problems.append(f"cannot open: {str(err).removeprefix(out.location + ': ')}")
         return out
     except OSError as err:
         out.problems.append(f"cannot open: {err.strerror or err}")
@@ -78,25 +201,13 @@ def check_shard(directory: Location, rec: Dict[str, Any], kind: str, bar: Any = 
         out.problems.append(f"{size} bytes but the manifest says {rec['file_bytes']} (truncated or replaced)")
         stream.close()
         return out
-    samples = docs = 0
-    tar_problem = ""
     with stream:
         reader = _HashingReader(stream, bar)
-        try:
-            for _, key, _, _ in iter_shard_raw(loc, kind, verify=True, stream=reader):  # type: ignore[arg-type]
-                chunk, chunks, _ = parse_key(key)
-                samples += 1
-                docs += chunk + 1 == chunks
-            reader.drain()  # the tar's end-of-archive blocks count for size and sha256
-        except ShardError as err:
-            tar_problem = str(err).removeprefix(f"shard {loc}: ")
-            try:
-                reader.drain()  # a remote shard's size is known only at its end
-            except (OSError, RemoteError):
-                pass
-        except RemoteError as err:
-            tar_problem = str(err).removeprefix(loc + ": ")
+        samples, docs, tar_problem = _read_tar(loc, kind, reader)
     out.bytes_read = reader.size
+    if reader.error is not None:  # the location failed: size and sha256 are unknown, not wrong
+        out.problems.append(tar_problem or f"cannot read: {reader.error.removeprefix(loc + ': ')}")
+        return out
     if reader.size != rec["file_bytes"]:
         out.problems.append(f"{reader.size} bytes but the manifest says {rec['file_bytes']} "
                             "(truncated or replaced)")
@@ -107,19 +218,46 @@ def check_shard(directory: Location, rec: Dict[str, Any], kind: str, bar: Any = 
         out.problems.append(tar_problem)
     elif samples != rec["samples"]:
         out.problems.append(f"{samples} samples but the manifest says {rec['samples']}")
-    elif "docs" in rec and docs != rec["docs"]:
+    elif docs != rec["docs"]:
         out.problems.append(f"{docs} documents but the manifest says {rec['docs']}")
     return out
+
+
+def _read_tar(loc: str, kind: str, reader: _HashingReader) -> Tuple[int, int, str]:
+    """(samples, documents, what is wrong with the tar or "") of the shard ``reader`` reads, read
+    to its end (the end-of-archive blocks count for size and sha256). A failure of the location
+    itself is left in ``reader.error``; when it came first, the tar problem is "" (it is the
+    location's failure seen through the tar reader)."""
+    samples = docs = 0
+    try:
+        for _, key, _, _ in iter_shard_raw(loc, kind, verify=True, stream=reader):  # type: ignore[arg-type]
+            chunk, chunks, _ = parse_key(key)
+            samples += 1
+            docs += chunk + 1 == chunks
+        reader.drain()
+    except ShardError as err:
+        if reader.error is not None:
+            return samples, docs, ""
+        problem = str(err).removeprefix(f"shard {loc}: ")
+        try:
+            reader.drain()  # a remote shard's size is known only at its end
+        except OSError:
+            pass  # in reader.error: the size stays unknown, the tar problem is the finding
+        return samples, docs, problem
+    except RemoteError:
+        pass  # in reader.error
+    return samples, docs, ""
 
 
 def verify(directory: Location, workers: int = 1, progress: bool = True,
            manifest: Optional[Dict[str, Any]] = None) -> Optional[ShardCheck]:
     """The first bad shard in manifest order, or None when all are good. Raises
-    :class:`ManifestError` when the manifest cannot be read. ``workers`` shards are checked at once
-    (threads: reading and hashing release the GIL); the answer does not depend on it."""
+    :class:`ManifestError` when the manifest cannot be read or is malformed. ``workers`` shards
+    are checked at once (threads: reading and hashing release the GIL); the answer does not
+    depend on it."""
     from tqdm import tqdm
 
-    manifest = manifest or read_manifest(directory)
+    manifest = manifest or read_valid_manifest(directory)
     records = manifest["shards"]
     bar = tqdm(total=sum(r["file_bytes"] for r in records), unit="B", unit_scale=True,
                desc=f"verify {directory}", disable=not progress, file=sys.stderr)
@@ -137,12 +275,10 @@ def verify(directory: Location, workers: int = 1, progress: bool = True,
 def summary(directory: Location, manifest: Dict[str, Any], seconds: float) -> str:
     """The one-line report of a dataset whose every shard is good."""
     records = manifest["shards"]
-    splits: Dict[str, int] = {}
-    for r in records:
-        splits[r["split"]] = splits.get(r["split"], 0) + 1
+    splits = {s: sum(r["split"] == s for r in records) for s in SPLITS}  # train, val, test
     size = sum(r["file_bytes"] for r in records)
     return (f"ok: {directory}: {len(records)} shards ("
-            + ", ".join(f"{k} {v}" for k, v in splits.items())
+            + ", ".join(f"{k} {v}" for k, v in splits.items() if v)
             + f"), {sum(r['samples'] for r in records)} samples, {size / 1e6:.1f} MB: sizes, sha256, "
             f"tar members, crc32 and sample counts match the manifest ({seconds:.1f} s)")
 
@@ -158,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        manifest = read_manifest(args.dataset)
+        manifest = read_valid_manifest(args.dataset)
         bad = verify(args.dataset, args.workers, not args.no_progress, manifest)
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -100,6 +100,29 @@ class SentencePieceVocab:
         table = self._piece_bytes
         return b"".join([table[i] for i in ids if 0 <= i < len(table)])
 
+    def round_trip_problem(self, data: bytes, decoded: bytes) -> str:
+        """Why ``data`` decoded as ``decoded`` (they differ): the model's cause when it can be
+        told (no whitespace marker in the vocabulary; text rewritten before encoding), then
+        where the bytes first differ."""
+        i = next((k for k, (a, b) in enumerate(zip(data, decoded)) if a != b), min(len(data), len(decoded)))
+        where = f"byte {i} is {data[i:i + 12]!r} but decodes as {decoded[i:i + 12]!r}"
+        probe = "  a\u00a0b \ufb01  "  # runs of spaces, NBSP, a ligature: identity keeps all
+        normalize = getattr(self.sp, "normalize", None)
+        if b" " in data and self.sp.piece_to_id(SPACE_SYMBOL) == self.sp.unk_id():
+            cause = (f"the model has no {SPACE_SYMBOL!r} piece (U+2581, the whitespace marker: its "
+                     f"training sample had no space), so a space is encoded as the byte pieces of a "
+                     f"literal {SPACE_SYMBOL!r} and decodes as one; train it again with python -m "
+                     "data_prep.tokenizer or data_prep.prepare, which always keep it (delete the "
+                     "model and its .json first)")
+        elif normalize is not None and normalize(probe) != probe.replace(" ", SPACE_SYMBOL):
+            cause = ("the model rewrites text before encoding (a normalization rule other than "
+                     "identity, a dummy prefix or whitespace removal); train it with python -m "
+                     "data_prep.tokenizer")
+        else:
+            cause = ("the model's settings look right (byte fallback, identity normalization, no "
+                     f"dummy prefix, {SPACE_SYMBOL!r} in the vocabulary): a bug to report")
+        return f"{cause}; {where}"
+
 
 _INVALID_RUN = re.compile("([\udc80-\udcff]+)")
 

@@ -359,3 +359,22 @@ def test_rank0_reads_manifests_and_val_text_other_ranks_get_them(dataset, tmp_pa
     assert got[0]["error"] == got[1]["error"] == "rank 0 could not read"
     for r in (0, 1):  # the batches of a single-process loader at the same DP coordinates
         assert got[r]["batch"] == loader(dataset, dp_rank=r, dp_size=2, seed=1234).next_batch().tolist()
+
+
+@pytest.mark.parametrize("damage,field", [(lambda m: m.pop("shards"), "shards"),
+                                          (lambda m: m["shards"][0].pop("sha256"), "sha256")])
+def test_a_malformed_manifest_is_one_error_naming_the_field(dataset, tmp_path, damage, field):
+    """The loader reads manifests through the same structure check as data_prep's readers: a
+    damaged one is a ManifestError naming the field, not a KeyError traceback."""
+    import json
+    import shutil
+
+    from data_prep.shards import ManifestError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    damage(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=field):
+        open_dataset(copy)

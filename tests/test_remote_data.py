@@ -40,6 +40,10 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
+HANG_BYTES = 10_000
+_released = threading.Event()  # set at teardown: handlers stop hanging
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep the test output clean
         pass
@@ -47,6 +51,20 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         if "slow" in self.path:
             time.sleep(1.5)
+        mode = self.path.split("/")[1]
+        if mode in ("hang", "short"):  # /hang/ds/...: shards send HANG_BYTES, then nothing
+            self.path = self.path[len(mode) + 1:]  # /short/ds/...: half a shard, then the end
+            if self.path.endswith(".tar"):
+                data = Path(self.translate_path(self.path)).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[:HANG_BYTES] if mode == "hang" else data[:len(data) // 2])
+                self.wfile.flush()
+                if mode == "hang":
+                    _released.wait(10)
+                self.close_connection = True
+                return
         super().do_GET()
 
 
@@ -58,6 +76,7 @@ def server(dataset) -> Iterator[str]:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    _released.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -186,3 +205,57 @@ def test_verify_reads_a_dataset_over_http(dataset, server, capsys):
     assert capsys.readouterr().out.startswith(f"ok: {server}/ds: ")
     assert main([f"{server}/nowhere", "--no-progress"]) == 2
     assert f"{server}/nowhere/manifest.json: HTTP 404" in capsys.readouterr().err
+
+
+def test_verify_blames_a_read_timeout_not_the_shard_and_says_what_arrived(dataset, server, capsys,
+                                                                          monkeypatch):
+    """A server that stops sending mid-shard: the timeout is the cause, with the bytes received;
+    never "0 bytes but the manifest says ... (truncated or replaced)"."""
+    from data_prep.verify import main
+
+    monkeypatch.setattr(remote, "HTTP_TIMEOUT_S", 0.5)
+    first = read_manifest(dataset)["shards"][0]
+    url = f"{server}/hang/ds"
+    assert main([url, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: shard {first['name']} ({url}/{first['name']}): cannot read: read timed out "
+                   f"after 0.5 s ({HANG_BYTES} of {first['file_bytes']} bytes received)\n"), err
+    # A body shorter than its Content-Length: the connection is named, not the shard.
+    url = f"{server}/short/ds"
+    assert main([url, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: shard {first['name']} ({url}/{first['name']}): cannot read: connection closed "
+                   f"early ({first['file_bytes'] // 2} of {first['file_bytes']} bytes received)\n"), err
+
+
+def test_a_file_url_reads_like_the_local_path(dataset):
+    """file:// locations work wherever remote ones do: the loader, config validation, verify."""
+    url = f"file://{dataset}"
+    name = read_manifest(dataset)["shards"][0]["name"]
+    assert remote.join(url, name) == f"{url}/{name}"
+    assert remote.size_of(remote.join(url, name)) == (dataset / name).stat().st_size
+    assert read_manifest(url) == read_manifest(dataset)
+    assert list(iter_documents(url, "val")) == list(iter_documents(dataset, "val"))
+    assert torch.equal(batches(loader(url), 4), batches(loader(str(dataset)), 4))
+    cfg = load_config(CONFIG_DIR / "debug.yaml", ["data.source=shards", f"data.datasets=[{url}]",
+                                                  f"model.seq_len={T}", "data.val_bytes=1000"])
+    assert build_data(cfg, ByteVocab(), B).train.next_batch().shape == (B, T)
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        open_dataset(f"{url}/nowhere")
+
+
+def test_tokenizer_trains_on_and_tokenizes_a_dataset_over_http(dataset, server, tmp_path, capsys):
+    """--dataset stays a string: the // of a URL survives, and token shards are read over HTTP."""
+    import json
+
+    from data_prep.tokenizer import main, tokenize_dataset
+
+    url = f"{server}/ds"
+    assert main(["--output", str(tmp_path / "tok"), "--dataset", url, "--vocab-size", "400",
+                 "--tokens-output", str(tmp_path / "tokens"), "--workers", "1", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trained_on"] == url and result["tokens"]["status"] == "written"
+    local = tokenize_dataset(dataset, tmp_path / "tok.model", tmp_path / "local", progress=False)
+    assert local["splits"] == result["tokens"]["splits"]
+    over_http, on_disk = (list(iter_documents(tmp_path / d, "train")) for d in ("tokens", "local"))
+    assert over_http == on_disk

@@ -130,6 +130,7 @@ def test_token_shards_keep_exact_bytes_and_record_bytes_per_token(byte_dataset, 
         assert summary["splits"][split]["bytes_per_token"] == s["bytes_per_token"] > 1.0
     again = tokenize_dataset(byte_dataset, sp_model, out, skip_invalid_utf8=True, progress=False)
     assert again["status"] == "unchanged"
+    assert list(again["splits"]) == list(summary["splits"]) == ["train", "val", "test"]
 
 
 def test_subword_loader_on_token_shards(byte_dataset, sp_model, tmp_path):
@@ -158,3 +159,109 @@ def test_tokenizer_cli_trains_on_a_dataset_and_writes_token_shards(byte_dataset,
     result = json.loads(r.stdout)
     assert result["trained_on"] == str(byte_dataset) and result["tokens"]["status"] == "written"
     assert result["tokens"]["bad_input"]["invalid_utf8"] == 2 and "latin1.txt" in r.stderr
+
+
+# --------------------------------------------------------------------------------------
+# The whitespace marker, the lossless check's message, malformed manifests, the CLI's options
+# --------------------------------------------------------------------------------------
+
+DIGITS = "".join(f"{i}\n" for i in range(1, 3000)).encode()  # a training sample without a space
+
+
+def test_a_sample_without_a_space_still_gives_lossless_token_shards(byte_dataset, tmp_path):
+    """'▁' is always in the vocabulary: otherwise a space is encoded like a literal '▁' (its three
+    byte pieces) and decodes as one."""
+    train_sentencepiece([DIGITS], tmp_path / "digits", vocab_size=300)
+    vocab = SentencePieceVocab(tmp_path / "digits.model")
+    assert vocab.sp.piece_to_id("\u2581") != vocab.sp.unk_id()
+    data = "a b \u2581 c\n".encode()
+    assert vocab.decode(vocab.encode(data)) == data
+    out = tmp_path / "tokens"
+    tokenize_dataset(byte_dataset, tmp_path / "digits.model", out, progress=False)  # checks every doc
+    source = dict(iter_documents(byte_dataset, "val"))
+    for doc_id, payload in iter_documents(out, "val"):
+        assert vocab.decode(np.frombuffer(payload, dtype="<u2").tolist()) == source[doc_id]
+
+
+def test_the_lossless_check_names_a_missing_whitespace_marker(byte_dataset, tmp_path):
+    """A model trained without '▁' (as data_prep.tokenizer did before it kept it): the error says
+    so instead of asking whether the model was trained by data_prep.tokenizer."""
+    import sentencepiece as spm
+
+    from data_prep.tokenizer import TokenizeError
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(DIGITS.decode().split()), model_prefix=str(tmp_path / "old"), vocab_size=300,
+        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, split_digits=True, character_coverage=1.0, unk_id=0, bos_id=-1,
+        eos_id=-1, pad_id=-1, hard_vocab_limit=False, minloglevel=2)
+    with pytest.raises(TokenizeError) as info:
+        tokenize_dataset(byte_dataset, tmp_path / "old.model", tmp_path / "tokens", progress=False)
+    msg = str(info.value)
+    assert "the model has no '\u2581' piece" in msg and "was it trained by" not in msg and "\n" not in msg
+    assert not (tmp_path / "tokens" / "manifest.json").exists()
+
+
+def test_vocab_size_too_small_for_the_sample_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"vocab_size 0 is too small: at least 258"):
+        train_sentencepiece([DIGITS], tmp_path / "t", vocab_size=0)
+    # 10 digits and the marker: 256 byte pieces + <unk> + 11 characters = 268 pieces at least
+    with pytest.raises(ValueError, match=r"its 11 distinct characters need at least 268$"):
+        train_sentencepiece([DIGITS], tmp_path / "t", vocab_size=267)
+    train_sentencepiece([DIGITS], tmp_path / "t", vocab_size=268)  # exactly enough
+
+
+def _cli(capsys, *args: str) -> tuple:
+    from data_prep.tokenizer import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tokenizer_cli_on_a_malformed_manifest_is_one_line_exit_2(byte_dataset, sp_model, tmp_path, capsys):
+    import shutil
+
+    for edit, problem in [(lambda r: r.pop("sha256"), "missing field 'sha256'"),
+                          (lambda r: r.update(name="../x.tar"), "field 'name' is '../x.tar', not a shard")]:
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(byte_dataset, bad)
+        manifest = json.loads((bad / "manifest.json").read_text())
+        edit(manifest["shards"][0])
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        code, out, err = _cli(capsys, "--model", str(sp_model), "--dataset", str(bad), "--tokens-output",
+                              str(tmp_path / "tokens"), "--no-progress")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"error: {bad / 'manifest.json'}: shards[0]") and problem in err, err
+
+
+def test_tokenizer_cli_options_are_checked_up_front(byte_dataset, tmp_path, capsys):
+    base = ["--output", str(tmp_path / "tok"), "--dataset", str(byte_dataset), "--no-progress"]
+    code, _, err = _cli(capsys, *base, "--max-bytes", "-5")
+    assert code == 2 and "argument --max-bytes: size must be positive: '-5'" in err
+    code, _, err = _cli(capsys, *base, "--vocab-size", "0")
+    assert code == 2 and "argument --vocab-size: must be at least 258 (256 byte pieces" in err
+    assert "INTERNAL" not in err and not (tmp_path / "tok.model").exists()
+
+
+def test_tokenizer_cli_rerun_with_the_same_inputs_is_a_noop(byte_dataset, tmp_path, capsys):
+    """Sizes like every data_prep option (--max-bytes 20K); a file:// dataset location; re-running
+    with the same inputs and options trains nothing; other options train again."""
+    args = ["--output", str(tmp_path / "tok"), "--dataset", f"file://{byte_dataset}", "--vocab-size", "400",
+            "--max-bytes", "20K", "--no-progress"]
+    code, out, err = _cli(capsys, *args)
+    first = json.loads(out)
+    assert code == 0 and first["status"] == "written" and first["sample_bytes"] == 20 * 1024, err
+    model = tmp_path / "tok.model"
+    stamp = model.stat().st_mtime_ns
+    code, out, _ = _cli(capsys, *args)
+    assert code == 0 and json.loads(out)["status"] == "unchanged" and model.stat().st_mtime_ns == stamp
+    code, out, _ = _cli(capsys, *args[:-2], "30K", "--no-progress")
+    assert code == 0 and json.loads(out)["status"] == "written"
+    model.write_bytes(model.read_bytes()[:-1] + b"x")  # a model that is not the recorded one
+    code, out, _ = _cli(capsys, *args[:-2], "30K", "--no-progress")
+    assert code == 0 and json.loads(out)["status"] == "written"
