@@ -5,11 +5,15 @@
     python -m data_prep.bytes enwik8 --doc-bytes 64K --split contiguous --val-fraction 0.05 --output d
     python -m data_prep.bytes dumps/ --output data/big --tasks 64 --task 3   # one task of a job array
 
-Inputs are files and directories (recursive; ``--include`` / ``--exclude`` globs). One document
-per line for ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` (the ``--text-field`` string, stored as
-UTF-8), one per row for ``.parquet`` (the ``--text-field`` column, string or binary); ``.gz`` and
-``.zst`` files are decompressed; every other file (text, code, images, audio, anything) is one
-document of raw bytes, unless ``--media`` converts images and audio (below). Everything is read
+Inputs are files and directories (recursive; ``--include`` / ``--exclude`` globs). Symbolic links
+to files are followed (the document id is the link's path); links to directories are not (no
+loops), and they and dangling links are left out with one warning line per kind (a count and an
+example). The same file reached through two inputs (``dir`` and ``dir/a.txt``) is an error, and
+so is an ``--output`` that is an input directory or lies inside one. One document per line for
+``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` (the ``--text-field`` string, stored as UTF-8), one
+per row for ``.parquet`` (the ``--text-field`` column, string or binary); ``.gz`` and ``.zst``
+files are decompressed; every other file (text, code, images, audio, anything) is one document
+of raw bytes, unless ``--media`` converts images and audio (below). Everything is read
 as a stream in constant memory (``data_prep/readers.py``). ``--doc-bytes N`` cuts raw and
 decompressed files into documents of about N bytes: a document ends after the last newline
 within N bytes (a line longer than N is cut at N) and is named ``<file id>@<offset>``. A document
@@ -45,12 +49,14 @@ order). A mix of images, audio and other files is an error in ``auto`` mode; ``-
 stores every file's bytes as they are (compressed files are still decompressed). What the bytes
 are is recorded in the manifest under ``"media"``.
 
-Bad input (an unreadable or vanished file, an empty file, a malformed JSONL line, a missing text
-field or column, invalid UTF-8 in JSON text, an image or WAV file that cannot be decoded) is fatal
-with one line naming the file and line (or Parquet row), unless ``--skip KIND`` (or ``--skip
-all``) is given: then each is warned about and counted in the manifest. Sizes accept suffixes K,
-M, G (powers of 1024; ``KiB``, ``MB`` etc. are the same). The result is one JSON object on stdout
-per task; progress and warnings go to stderr.
+Bad input (an unreadable, truncated or vanished file, an empty file, a malformed JSONL line, a
+missing text field or column, invalid UTF-8 in JSON text, an image or WAV file that cannot be
+decoded) is fatal with one line naming the file and line (or Parquet row), unless ``--skip KIND``
+(or ``--skip all``) is given: then each is warned about and counted in the manifest. Sizes accept
+suffixes K, M, G (powers of 1024; ``KiB``, ``MB`` etc. are the same). The result is one JSON
+object on stdout per task; progress and warnings go to stderr. A run that would give no train
+documents (every document hashed to val/test, or every input skipped) fails without a manifest,
+and a failed run leaves none of its shards behind.
 """
 
 from __future__ import annotations
@@ -75,18 +81,35 @@ from data_prep.media import (
     media_kind_of,
     parse_pixel_order,
 )
-from data_prep.merge import build_manifest, finished_part, part_path, try_merge, write_part
+from data_prep.merge import (
+    MergeError,
+    build_manifest,
+    collect_parts,
+    finished_part,
+    part_path,
+    try_merge,
+    write_part,
+)
 from data_prep.plan import plan_pieces, reference_sample_rate, share
 from data_prep.readers import Bad, Doc, Piece, ReadOptions, ReadStats, read_piece
 from data_prep.shards import (
     MANIFEST,
+    MAX_CHUNKS,
     SPLITS,
     SplitWriter,
     finished_manifest,
     remove_stale,
     split_payload,
 )
-from data_prep.sources import STDLIB_EXCLUDE, InputFile, collect_inputs, split_of, stdlib_dir
+from data_prep.sources import (
+    STDLIB_EXCLUDE,
+    InputFile,
+    collect_inputs,
+    id_bytes,
+    output_overlap,
+    split_of,
+    stdlib_dir,
+)
 
 BAD_KINDS = ("unreadable", "empty", "malformed_json", "missing_field", "invalid_utf8", "bad_image",
              "bad_audio")
@@ -194,11 +217,13 @@ def resolve_media(files: List[InputFile], opts: PrepOptions) -> Optional[MediaSp
 
 
 def _order_key(f: InputFile) -> Any:
-    return hashlib.sha256(b"order:" + f.doc_id.encode("utf-8", "surrogateescape")).digest()
+    return hashlib.sha256(b"order:" + id_bytes(f.doc_id)).digest()
 
 
 def select_files(files: List[InputFile], opts: PrepOptions) -> List[InputFile]:
-    """The files to prepare, in processing order, up to ``max_bytes``."""
+    """The files to prepare, in processing order: with ``max_bytes``, whole files in that order
+    until their sizes add up to at least ``max_bytes`` (a file is never cut, so the last one may
+    go past it, and one large file is prepared whole)."""
     if opts.order == "hash":
         files = sorted(files, key=_order_key)
     if opts.max_bytes is not None:
@@ -304,7 +329,16 @@ class ShardWorker:
                                        index_step=workers) for s in SPLITS}
 
     def run(self, piece: Piece) -> PieceResult:
-        """Read one piece and write its documents; bad input raises :class:`PrepError` unless skipped."""
+        """Read one piece and write its documents; bad input raises :class:`PrepError` unless
+        skipped, and any other error becomes one naming the file it happened on."""
+        try:
+            return self._run(piece)
+        except PrepError:
+            raise
+        except Exception as err:  # an environment error (disk full) or a bug: say where it was
+            raise PrepError(f"while preparing {piece.path}: {type(err).__name__}: {err}") from err
+
+    def _run(self, piece: Piece) -> PieceResult:
         res = PieceResult(piece.index, piece.end - piece.start)
         stats = ReadStats()
         partial: Optional[Tuple[str, int]] = None  # (id, chunks written) of a document being streamed
@@ -328,6 +362,8 @@ class ShardWorker:
         doc_id = doc.doc_id if doc.doc_id is not None else hashlib.sha256(doc.data).hexdigest()
         w = self.writers[piece.split or split_of(doc_id, opts.val_fraction, opts.test_fraction)]
         chunks = max(1, -(-doc.total // opts.max_sample_bytes))
+        if chunks > MAX_CHUNKS:  # checked before its first chunk is written
+            raise PrepError(too_many_chunks(piece.path, doc_id, doc.total, opts.max_sample_bytes))
         first = doc.offset // opts.max_sample_bytes  # parts of a streamed document are whole chunks
         parts = split_payload(doc.data, opts.max_sample_bytes)
         for c, part in enumerate(parts):
@@ -473,12 +509,20 @@ def _run_task(job: Job, out_dir: Path, opts: PrepOptions, workers: int, progress
         workers = max(1, min(workers, len(pieces)))
         records = (_run_inline(pieces, make, col) if workers == 1
                    else _run_parallel(pieces, make, workers, col))
+        part = {"format": "megabyte-shards-part", "fingerprint": job.fingerprint, "task": task,
+                "tasks": tasks, "job": job.head, "shards": sorted(records, key=lambda r: r["name"]),
+                "pieces": len(pieces), "input_bytes": task_bytes, "docs": col.docs,
+                "bad_input": {"counts": col.counts, "examples": col.examples},
+                "blank_lines": col.blank_lines}
+        if tasks == 1:  # the whole dataset: without train documents it is an error
+            check_train(build_manifest([part]), opts)
+    except BaseException:
+        # No partial output: the workers have stopped; drop every shard and temporary file of
+        # this task (a run starts by removing them anyway, so a rerun loses nothing).
+        remove_stale(out_dir, task=tag)
+        raise
     finally:
         bar.close()
-    part = {"format": "megabyte-shards-part", "fingerprint": job.fingerprint, "task": task, "tasks": tasks,
-            "job": job.head, "shards": sorted(records, key=lambda r: r["name"]),
-            "pieces": len(pieces), "input_bytes": task_bytes, "docs": col.docs,
-            "bad_input": {"counts": col.counts, "examples": col.examples}, "blank_lines": col.blank_lines}
     write_part(out_dir, part)
     return part
 
@@ -494,21 +538,79 @@ def prepare(inputs: Sequence[Path], out_dir: Path, opts: PrepOptions = PrepOptio
         raise PrepError(f"--task {task} is not in 0..{tasks - 1} (--tasks {tasks})")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    check_output(inputs, out_dir)
     job = plan_job(inputs, opts, files, tasks)
+    check_chunks(job, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = finished_manifest(out_dir, job.fingerprint, "bytes")
     if existing is not None:
+        check_train(existing, opts)
         return _summary(existing, out_dir, "unchanged", time.perf_counter() - t0, task=task, tasks=tasks)
     part = finished_part(out_dir, job.fingerprint, task, tasks)
     status = "unchanged"
     if part is None:
         part = _run_task(job, out_dir, opts, workers, progress, task, tasks)
         status = "written"
+    try:  # every task has finished: the dataset must have train documents before it gets a manifest
+        check_train(build_manifest(collect_parts(out_dir, tasks, job.fingerprint)), opts)
+    except MergeError:
+        pass  # other tasks are still running (or must run again): the last one checks
     manifest = try_merge(out_dir, tasks, job.fingerprint)
     merged = manifest is not None
     return _summary(manifest if merged else build_manifest([part]), out_dir, status,
                     time.perf_counter() - t0, part["input_bytes"] if status == "written" else None,
                     task=task, tasks=tasks, merged=merged)
+
+
+def check_output(inputs: Sequence[Path], out_dir: Path) -> None:
+    """``--output`` must not be an input directory or lie inside one: a run would read the shards
+    of the one before as input (and clearing them would delete what it reads)."""
+    inp = output_overlap(inputs, out_dir)
+    if inp is not None:
+        where = "is" if Path(out_dir).resolve() == Path(inp).resolve() else "is inside"
+        raise PrepError(f"--output {out_dir} {where} the input directory {inp}: the output would be read "
+                        "back as input; choose an output directory outside the inputs")
+
+
+def too_many_chunks(path: str, doc_id: str, size: int, max_sample_bytes: int) -> str:
+    """The error for a document that needs more than ``MAX_CHUNKS`` chunks."""
+    need = -(-size // MAX_CHUNKS)
+    return (f"{path}: document {doc_id!r} of {size} bytes needs {-(-size // max_sample_bytes)} chunks of "
+            f"--max-sample-bytes {max_sample_bytes}, more than the {MAX_CHUNKS} a document may have; "
+            f"raise --max-sample-bytes to at least {need}")
+
+
+def check_chunks(job: Job, opts: PrepOptions) -> None:
+    """Documents whose size the plan knows (raw files, ``--doc-bytes``) must fit in
+    ``MAX_CHUNKS`` chunks: an error naming the first that does not, before anything is written.
+    Other documents (decompressed, JSONL, Parquet, media) are checked as they are read."""
+    limit = MAX_CHUNKS * opts.max_sample_bytes
+    if opts.doc_bytes is not None:
+        if opts.doc_bytes > limit:
+            raise PrepError(f"--doc-bytes {opts.doc_bytes} needs more than {MAX_CHUNKS} chunks of "
+                            f"--max-sample-bytes {opts.max_sample_bytes}; raise --max-sample-bytes to at "
+                            f"least {-(-opts.doc_bytes // MAX_CHUNKS)}")
+        return
+    for p in job.pieces:
+        if p.kind == "raw" and p.end - p.start > limit:
+            doc_id = f"{p.doc_id}@{p.start}" if p.cut else p.doc_id
+            raise PrepError(too_many_chunks(p.path, doc_id, p.end - p.start, opts.max_sample_bytes))
+
+
+def check_train(manifest: Dict[str, Any], opts: PrepOptions) -> None:
+    """A dataset without train documents is an error saying why (before its manifest is written)."""
+    splits = manifest["splits"]
+    if splits["train"]["docs"] > 0:
+        return
+    total = sum(v["docs"] for v in splits.values())
+    if total == 0:
+        bad = ", ".join(f"{n} {k}" for k, n in manifest["bad_input"]["counts"].items() if n)
+        raise PrepError("no train documents: the inputs gave no documents at all"
+                        + (f" (skipped as bad input: {bad})" if bad else ""))
+    fix = ("add data or use --split contiguous" if opts.split == "hash"
+           else "add data or lower --val-fraction / --test-fraction")
+    raise PrepError(f"no train documents: all {total} documents went to val/test (--split {opts.split}, "
+                    f"--val-fraction {opts.val_fraction}, --test-fraction {opts.test_fraction}); {fix}")
 
 
 def _summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: float,
@@ -518,8 +620,8 @@ def _summary(manifest: Dict[str, Any], out_dir: Path, status: str, seconds: floa
     out = {"status": status, "output": str(out_dir), "manifest": str(out_dir / MANIFEST),
            "input_files": manifest["sources"]["files"], "input_bytes": manifest["sources"]["bytes"],
            "seconds": round(seconds, 3), "task": task, "tasks": tasks, "merged": merged,
-           "splits": {s: {k: v[k] for k in ("docs", "bytes", "samples", "shards")}
-                      for s, v in manifest["splits"].items()},
+           "splits": {s: {k: manifest["splits"][s][k] for k in ("docs", "bytes", "samples", "shards")}
+                      for s in SPLITS if s in manifest["splits"]},  # train, val, test: as written
            "bad_input": manifest["bad_input"]["counts"], "media": manifest.get("media")}
     if input_bytes is not None:
         out["mb_per_s"] = round(input_bytes / 1e6 / max(seconds, 1e-9), 2)
@@ -576,7 +678,9 @@ def add_prep_args(p: argparse.ArgumentParser) -> None:
                         "it also fixes where documents may end, so it is part of the fingerprint)")
     p.add_argument("--order", choices=["hash", "sorted"], default="hash",
                    help="file order in the shards: by a hash of the id (mixes shards; default) or sorted")
-    p.add_argument("--max-bytes", type=parse_size, default=None, help="stop after this many input bytes")
+    p.add_argument("--max-bytes", type=parse_size, default=None, metavar="N",
+                   help="prepare only whole files, taken in --order until their sizes reach N (a file "
+                        "is never cut: the last one may go past N, and one big file is prepared whole)")
     p.add_argument("--skip", action="append", default=[], metavar="KIND",
                    help=f"skip (warn and count) bad input of this kind: {', '.join(BAD_KINDS)}, or all")
     m = p.add_argument_group("images and audio (see data_prep/media.py)")

@@ -25,32 +25,30 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from data_prep.bytes import PrepError, add_prep_args, describe, inputs_and_options, prepare
-from data_prep.shards import ManifestError, ShardError, atomic_write_bytes, read_manifest
+from data_prep.bytes import PrepError, add_prep_args, check_output, describe, inputs_and_options, prepare
+from data_prep.shards import ManifestError, ShardError
 
 
 def train_tokenizer(dataset: Path, prefix: Path, vocab_size: int, model_type: str, sample_lines: int,
                     max_bytes: Optional[int] = None, progress: bool = False) -> Dict[str, Any]:
     """Train ``prefix.model`` on about ``max_bytes`` (default ``TRAINING_SAMPLE_BYTES``) drawn across
     the whole train split (:func:`~data_prep.tokenizer.sample_train_documents`), unless one from
-    the same data and options exists."""
-    from dataclasses import asdict
-
-    from data_prep.tokenizer import TRAINING_SAMPLE_BYTES, sample_train_documents, train_sentencepiece
+    the same data, options and trainer version exists (the fingerprint ``data_prep.tokenizer``
+    uses: :func:`~data_prep.tokenizer.train_unless_unchanged`)."""
+    from data_prep.tokenizer import (
+        TRAINING_SAMPLE_BYTES,
+        dataset_identity,
+        sample_train_documents,
+        train_unless_unchanged,
+    )
+    from data_prep.verify import read_valid_manifest
 
     max_bytes = max_bytes or TRAINING_SAMPLE_BYTES
-    want = {"source_fingerprint": read_manifest(dataset)["fingerprint"], "vocab_size": vocab_size,
-            "model_type": model_type, "sample_lines": sample_lines, "sample_bytes": max_bytes}
-    record = Path(f"{prefix}.json")
-    if record.is_file() and Path(f"{prefix}.model").is_file():
-        old = json.loads(record.read_text())
-        if {k: old.get(k) for k in want} == want:
-            return {**old, "status": "unchanged"}
-    docs = sample_train_documents(dataset, max_bytes, progress=progress)
-    stats = train_sentencepiece(docs, prefix, vocab_size, model_type, sample_lines)
-    out = {"model": f"{prefix}.model", **want, **asdict(stats)}
-    atomic_write_bytes(record, (json.dumps(out, indent=2) + "\n").encode())
-    return {**out, "status": "written"}
+    manifest = read_valid_manifest(dataset)
+    source = {"trained_on": str(dataset), "source_fingerprint": manifest["fingerprint"]}
+    docs = sample_train_documents(dataset, max_bytes, progress=progress)  # read only if trained
+    return train_unless_unchanged(prefix, dataset_identity(manifest), source, docs, vocab_size,
+                                  model_type, sample_lines, max_bytes)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -69,6 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out: Dict[str, Any] = {}
     try:
         inputs, opts = inputs_and_options(args)
+        check_output(inputs, args.output)  # before anything is written (tokenizer, tokens too)
         args.output.mkdir(parents=True, exist_ok=True)
         bytes_dir = args.output / "bytes"
         out["bytes"] = prepare(inputs, bytes_dir, opts, workers=args.workers, progress=not args.no_progress)

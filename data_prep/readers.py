@@ -266,14 +266,66 @@ def cut_documents(blocks: Iterator[bytes], doc_bytes: int, base: int, file_id: s
 
 
 def _decompressed(f: Any, kind: str) -> Any:
+    """A reader of the decompressed bytes of ``f`` (gzip, or zstd after :func:`check_zstd_frames`)."""
     if kind.endswith("zst"):
         import zstandard
 
+        check_zstd_frames(f)
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
     return gzip.GzipFile(fileobj=f, mode="rb")
 
 
-_DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, ValueError)
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50  # skippable frames: 0x184D2A50 .. 0x184D2A5F
+
+
+def check_zstd_frames(f: Any) -> None:
+    """Raise :class:`_Unreadable` unless ``f`` (an open ``.zst`` file) is a sequence of whole
+    zstd frames. zstandard's stream reader ends quietly where a cut-off file ends (a truncated
+    download would lose its end without a word; gzip raises), so this walks the frame and block
+    headers (RFC 8878: a 3-byte read per block of up to 128 KiB, nothing decompressed)."""
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    pos = 0
+    while pos < size:
+        head = os.pread(fd, 8, pos)
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) >= 4 and magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+            end = pos + 8 + int.from_bytes(head[4:8], "little") if len(head) == 8 else size + 1
+        elif len(head) >= 4 and magic != _ZSTD_MAGIC:
+            raise _Unreadable(f"not zstd data at byte {pos} (no frame starts there)")
+        else:
+            end = _zstd_frame_end(fd, pos, size)
+        if end > size:
+            raise _Unreadable(f"compressed file ended inside a zstd frame (the frame at byte {pos} "
+                              f"needs more than the file's {size} bytes: truncated?)")
+        pos = end
+
+
+def _zstd_frame_end(fd: int, pos: int, size: int) -> int:
+    """Where the zstd frame starting at ``pos`` ends (past ``size``: it is cut off)."""
+    fhd = os.pread(fd, 1, pos + 4)
+    if not fhd:
+        return size + 1
+    d = fhd[0]
+    single, checksum = d >> 5 & 1, d >> 2 & 1
+    pos += 5 + (1 - single) + (0, 1, 2, 4)[d & 3] + (single, 2, 4, 8)[d >> 6]
+    while True:  # blocks: a 3-byte header (last flag, type, size), then the block's content
+        head = os.pread(fd, 3, pos)
+        if len(head) < 3:
+            return size + 1
+        h = int.from_bytes(head, "little")
+        pos += 3 + (1 if h >> 1 & 3 == 1 else h >> 3)  # an RLE block stores one byte
+        if h & 1 or pos > size:
+            return pos + 4 * checksum
+
+
+try:  # a corrupt .zst raises zstandard's own error type
+    from zstandard import ZstdError as _ZstdError
+except ImportError:  # pragma: no cover - zstandard is in requirements.txt
+    _ZstdError = OSError  # type: ignore[misc,assignment]
+
+_DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error, ValueError, _ZstdError)
 
 
 def _read_stream(f: Any, path: str, block: int = 1 << 20) -> Iterator[bytes]:

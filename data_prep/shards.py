@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from data_prep.atomic import atomic_write_bytes  # the project's one atomic writer; re-exported
 from data_prep.remote import Location, RemoteError, is_remote, join, open_stream
+from data_prep.sources import storable_id
 
 FORMAT = "megabyte-shards"
 VERSION = 1
@@ -85,7 +86,12 @@ def parse_key(key: str) -> Tuple[int, int, int]:
 
 
 def meta_bytes(meta: Dict[str, Any]) -> bytes:
-    """Deterministic JSON for a sample's ``.json`` member."""
+    """Deterministic JSON for a sample's ``.json`` member, valid UTF-8: a document id that is not
+    (a file name with undecodable bytes, a JSON id with a lone surrogate) is stored with those
+    bytes written as ``\\xNN`` (:func:`~data_prep.sources.storable_id`)."""
+    doc = meta.get("doc")
+    if isinstance(doc, str) and storable_id(doc) is not doc:
+        meta = {**meta, "doc": storable_id(doc)}
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

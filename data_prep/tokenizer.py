@@ -517,18 +517,20 @@ def _training_source(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any
     return identity, {"trained_on": str(root)}, docs
 
 
-def train_cli(args: argparse.Namespace) -> Dict[str, Any]:
-    """Train ``PREFIX.model`` as the command line says, unless ``PREFIX.json`` records the same
-    fingerprint (sources, options, :data:`TRAINER_VERSION`) and ``PREFIX.model`` is the model
-    it records: then nothing is done (``"status": "unchanged"``)."""
+def train_unless_unchanged(prefix: Path, identity: List[Any], source: Dict[str, Any],
+                           docs: Iterable[bytes], vocab_size: int, model_type: str,
+                           sample_lines: int, sample_bytes: int) -> Dict[str, Any]:
+    """Train ``PREFIX.model`` on ``docs`` unless ``PREFIX.json`` records the same fingerprint
+    (``identity``: what the sources are, the options, :data:`TRAINER_VERSION`) and
+    ``PREFIX.model`` is the model it records: then nothing is done (``"status": "unchanged"``;
+    ``docs`` is not read). What ``data_prep.tokenizer`` and ``data_prep.prepare`` both use."""
     from data_prep.atomic import atomic_write_bytes
     from data_prep.shards import sha256_file
 
-    identity, source, docs = _training_source(args)
-    options = {"vocab_size": args.vocab_size, "model_type": args.model_type,
-               "sample_lines": args.sample_lines, "sample_bytes": args.max_bytes}
+    options = {"vocab_size": vocab_size, "model_type": model_type, "sample_lines": sample_lines,
+               "sample_bytes": sample_bytes}
     fp = hashlib.sha256(json.dumps([TRAINER_VERSION, identity, options], sort_keys=True).encode()).hexdigest()
-    model, record = Path(f"{args.output}.model"), Path(f"{args.output}.json")
+    model, record = Path(f"{prefix}.model"), Path(f"{prefix}.json")
     try:
         old = json.loads(record.read_text("utf-8"))
     except (OSError, ValueError):
@@ -536,11 +538,18 @@ def train_cli(args: argparse.Namespace) -> Dict[str, Any]:
     if (isinstance(old, dict) and old.get("fingerprint") == fp and model.is_file()
             and old.get("model_sha256") == sha256_file(model)):
         return {**old, "status": "unchanged"}
-    stats = train_sentencepiece(docs, args.output, args.vocab_size, args.model_type, args.sample_lines)
+    stats = train_sentencepiece(docs, Path(prefix), vocab_size, model_type, sample_lines)
     summary = {"model": str(model), **source, **options, "fingerprint": fp,
                "model_sha256": sha256_file(model), **asdict(stats)}
     atomic_write_bytes(record, (json.dumps(summary, indent=2) + "\n").encode())
     return {**summary, "status": "written"}
+
+
+def train_cli(args: argparse.Namespace) -> Dict[str, Any]:
+    """Train ``PREFIX.model`` as the command line says (:func:`train_unless_unchanged`)."""
+    identity, source, docs = _training_source(args)
+    return train_unless_unchanged(args.output, identity, source, docs, args.vocab_size,
+                                  args.model_type, args.sample_lines, args.max_bytes)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
