@@ -190,19 +190,29 @@ class PrepOptions:
                 "skip": list(self.skip)}
 
 
+def _media_without_doc_bytes(spec: MediaSpec, opts: PrepOptions) -> MediaSpec:
+    """``--doc-bytes`` cuts raw files; a converted image or clip is one document (it was
+    accepted, recorded and ignored): refused."""
+    if opts.doc_bytes is not None:
+        raise PrepError(f"--doc-bytes cuts raw files into documents; {spec.kind} files are converted, "
+                        "one document each: drop --doc-bytes (or pass --media none to store the "
+                        "files' bytes as they are)")
+    return spec
+
+
 def resolve_media(files: List[InputFile], opts: PrepOptions) -> Optional[MediaSpec]:
     """The media spec for these files (None: raw bytes). ``auto``: images if every file has an
     image extension, audio if every file is .wav, raw bytes if none is either; a mix is an error
     naming one file of each kind."""
     if opts.media in ("image", "audio"):
-        return opts.media_spec(opts.media)
+        return _media_without_doc_bytes(opts.media_spec(opts.media), opts)
     if opts.media == "none":
         return None
     example: Dict[str, str] = {}
     for f in files:
         example.setdefault(media_kind_of(f.path) or "other", f.path)
     if len(example) == 1 and "other" not in example:
-        return opts.media_spec(next(iter(example)))
+        return _media_without_doc_bytes(opts.media_spec(next(iter(example))), opts)
     if len(example) > 1:
         names = {"image": "images", "audio": "audio", "other": "other files"}
         found = ", ".join(f"{names[k]} ({v})" for k, v in sorted(example.items()))

@@ -132,6 +132,18 @@ def parse_pixel_order(order: str) -> int:
     raise MediaError(f"--pixel-order must be 'raster' or 'blocks:B' with an integer B >= 1, got {order!r}")
 
 
+def _eight_bit(img: Any) -> Any:
+    """16- and 32-bit integer greyscale (``I;16*``, ``I``) scaled to 8 bits: Pillow's RGB
+    conversion clips those values to 255 instead (a 16-bit PNG came out nearly all white)."""
+    from PIL import Image
+
+    if not img.mode.startswith("I"):
+        return img
+    values = np.asarray(img, dtype=np.float64)  # decoded, whatever the byte order
+    top = 65535.0 if img.mode.startswith("I;16") or values.max() <= 65535 else 2.0 ** 32 - 1
+    return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
 def load_rgb(data: bytes, size: int, fit: str = "crop") -> np.ndarray:
     """Decode image file bytes and fit them to a ``(size, size, 3)`` uint8 RGB array (see module doc)."""
     from PIL import Image, ImageOps
@@ -139,7 +151,7 @@ def load_rgb(data: bytes, size: int, fit: str = "crop") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img = ImageOps.exif_transpose(img)
-            img = img.convert("RGB")  # decodes the whole file: truncation shows up here
+            img = _eight_bit(img).convert("RGB")  # decodes the whole file: truncation shows here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise MediaError(f"not a readable image: {err}") from None
     w, h = img.size

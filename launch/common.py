@@ -57,7 +57,9 @@ def check_resume_layout(cfg: Config, world: int) -> None:
     if ckpt is None:
         return
     writers = store.rank_file_count(ckpt)
-    if writers != world:
+    # A single-process checkpoint (state.pt, no rank files; a run trained locally by
+    # pretrain.compare, say) is left to the engine, which refuses it in one line when it starts.
+    if writers and writers != world:
         raise ConfigError(f"resume error: {store.resume_layout_error(ckpt, writers, world)}")
 
 

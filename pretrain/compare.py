@@ -129,7 +129,45 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         ap.error("--no-wait goes with --slurm")
     if args.lr_sweep and any(o.startswith("optim.lr=") for o in args.overrides):
         ap.error("--lr-sweep chooses the learning rate: drop --set optim.lr=...")
+    try:
+        check_args(args)
+    except ValueError as err:
+        ap.error(str(err))
     return args
+
+
+def parse_modes(text: str) -> List[str]:
+    """The evaluation modes of ``--modes``: known names, at least one, the first one (the mode of
+    the convergence verdicts) one that every model has. ValueError naming the option."""
+    from pretrain.inference.evaluation import MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        what = f"unknown mode(s) {', '.join(unknown)}" if unknown else "no mode given"
+        raise ValueError(f"--modes: {what}; choose from {', '.join(MODES)}")
+    if "strided" in modes[0]:
+        raise ValueError(f"--modes: the first mode ({modes[0]}) decides the verdicts and must "
+                         "apply to every model: start with basic or sliding (strided is "
+                         "MEGABYTE's only)")
+    return modes
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option checked before any data is prepared or any model trains (ValueError, one
+    line naming the option); ``args.modes`` becomes the list of modes."""
+    args.modes = parse_modes(args.modes)
+    for name in ("budget_bytes", "budget_flops", "nproc", "eval_bytes", "vocab_size",
+                 "max_corpus_bytes"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1, got {args.val_fraction:g}")
+    if args.lr_sweep:
+        sweep.lr_grid(args.lr_sweep, SIZES[args.size]["lr"])
+    if args.budgets:
+        sweep.parse_budgets(args.budgets, 1, 1)  # the syntax only: the budget is known later
 
 
 def matched_runs(args: argparse.Namespace, data_dir: Path, subword: bool,
@@ -325,7 +363,7 @@ def sweep_sections(args: argparse.Namespace, found: Sweeps, mode: str
 def run_comparison(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """Prepare, plan, train (here or on Slurm; sweeps first when asked), evaluate, report; None
     when the command ends before the report (``--slurm-dry-run``, ``--no-wait``)."""
-    out, modes = args.out, [m.strip() for m in args.modes.split(",") if m.strip()]
+    out, modes = args.out, args.modes
     out.mkdir(parents=True, exist_ok=True)
     data_dir, kind, subword = runs.prepare_data(args, out)
     plans = matched_runs(args, data_dir, subword)

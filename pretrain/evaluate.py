@@ -9,6 +9,11 @@ mode; the subword baseline is divided by the exact byte count of the same text. 
 object on stdout; progress goes to stderr. ``--compile`` scores with the model's forward
 torch.compile'd (inductor unless a backend is named; full windows share one graph): the same bits
 per byte as eager, faster on long evaluations once the first window has paid for compilation.
+
+Scoring is always in fp32, whatever ``train.dtype`` the run trained in, so that every model and
+``pretrain.compare`` are scored alike. A bf16 run's logged validation (``validation.json``,
+TensorBoard ``val/bpb``) was computed under bf16 autocast and differs from this in about the 4th
+decimal (e.g. 6.1272 logged, 6.1268 here); the JSON says ``"dtype": "fp32"``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "split")
     parser.add_argument("--modes", default="basic",
                         help="comma-separated: basic, sliding, strided, sliding_strided")
-    parser.add_argument("--stride", type=int, default=None, help="sliding-window stride")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="sliding-window stride, in (0, seq_len] and on MEGABYTE a multiple "
+                             "of the patch size (default seq_len / 2; the JSON gives the stride "
+                             "of each mode)")
     parser.add_argument("--max-bytes", type=int, default=None,
                         help="evaluate only the first N bytes (default: data.val_bytes for the "
                              "held-out split, everything for --files)")
@@ -58,9 +66,29 @@ def read_files(files: List[Path]) -> bytes:
     return text
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> List[str]:
+    """The modes to score; a bad option exits with one ``error:`` line naming it (exit 2)."""
+    from pretrain.inference.evaluation import MODES
 
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        what = f"unknown mode(s) {', '.join(unknown)}" if unknown else "no mode given"
+        parser.error(f"--modes: {what}; choose from {', '.join(MODES)}")
+    for option in ("stride", "max_bytes", "batch_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
+    return modes
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command: 0 with the JSON on stdout; 2 with one ``error:`` line on stderr."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    modes = check_args(parser, args)
+
+    from data_prep.shards import ShardError
     from pretrain.data import validation_text
     from pretrain.inference.evaluation import evaluate_bytes
     from pretrain.inference.loading import load_for_inference
@@ -69,9 +97,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg, model, vocab = load_for_inference(args.checkpoint, args.overrides)
         if args.files:
-            text = read_files(args.files)
+            text = read_files(args.files)[:args.max_bytes]
             source = [str(f) for f in args.files]
-            text = text[:args.max_bytes] if args.max_bytes else text
         else:
             text = validation_text(cfg, vocab, args.max_bytes or cfg.data.val_bytes)
             source = f"held-out split of data.source={cfg.data.source}"
@@ -79,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError("nothing to evaluate: the text is empty")
         patch = cfg.model.patch_size if cfg.model.arch == "megabyte" else None
         results = {}
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        for mode in modes:
             t0 = time.perf_counter()
             out = evaluate_bytes(model, text, vocab, cfg.model.seq_len, mode, patch, args.stride,
                                  args.batch_size, progress=True, compile_backend=args.compile)
@@ -87,11 +114,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             results[mode] = out
             print(f"{mode}: {out['bpb']:.4f} bits per byte over {out['bytes']} bytes",
                   file=sys.stderr)
-    except (ConfigError, OSError, ValueError, CompileUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, OSError, ValueError, CompileUnavailable, ShardError) as err:
+        print(f"error: {err}", file=sys.stderr)  # ShardError: e.g. a dataset with no val split
         return 2
     print(json.dumps({"checkpoint": str(args.checkpoint), "arch": cfg.model.arch,
-                      "source": source, "compile": args.compile, "results": results}))
+                      "source": source, "compile": args.compile, "dtype": "fp32",
+                      "results": results}))
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from pretrain.checkpoints.consolidate import export_checkpoint
+from pretrain.checkpoints.exports import check_export_path
 from pretrain.config import ConfigError
 
 
@@ -43,6 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir.parent.parent
     output = args.output or run_dir / "export" / "model.safetensors"
     try:
+        check_export_path(output)  # before the checkpoint is read
         summary = export_checkpoint(args.checkpoint, output)
     except (ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

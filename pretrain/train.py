@@ -8,7 +8,9 @@ Started by torchrun (or the deepspeed launcher) it runs the DeepSpeed engine: Ze
 ``parallel.zero_stage`` with ``parallel.tensor_parallel``-way TP of the global model, gloo on
 CPU and nccl on GPU. It resumes from ``<run_dir>/checkpoints/latest`` automatically.
 
-Exit codes: 0 done; 2 bad config or input; 3 aborted after too many non-finite steps in a row
+Exit codes: 0 done; 2 bad config or input (one ``error:`` line naming the key or file: found
+before the first step, e.g. a missing corpus, an unreadable tokenizer, checkpoint or
+``train.init_from``, weights of another model shape); 3 aborted after too many non-finite steps in a row
 (the last good checkpoint is kept; ``<run_dir>/stop_reason`` says ``diverged``); 75 stopped by
 SIGTERM/SIGUSR1 after saving a checkpoint (requeue the job and it resumes).
 """
@@ -54,7 +56,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: parallel.tensor_parallel > 1 needs parallel.engine=deepspeed (start the "
               "processes with torchrun or launch.local)", file=sys.stderr)
         return 2
+    from pretrain.checkpoints.store import CheckpointError
+    from pretrain.runtime.compile import CompileUnavailable
+    from pretrain.runtime.device import DeviceUnavailable
     from pretrain.runtime.processes import EXIT_ABORT, EXIT_REQUEUE
+    from pretrain.training.inputs import InputError
     from pretrain.training.trainer import ResumeError, Trainer, TrainingAborted
 
     try:
@@ -67,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TrainingAborted as err:
         print(f"error: training aborted: {err}", file=sys.stderr)
         return EXIT_ABORT
-    except (ConfigError, ResumeError) as err:
+    except (ConfigError, ResumeError, InputError, CheckpointError, DeviceUnavailable,
+            CompileUnavailable) as err:  # set-up errors only: a training step raises none of these
         print(f"error: {err}", file=sys.stderr)
         return 2
     rank = int(os.environ.get("RANK", "0"))

@@ -58,3 +58,16 @@ def sp_model(tmp_path_factory, real_text) -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def byte_dataset(tmp_path_factory, real_text) -> Path:
+    """A small real byte dataset (``data_prep.bytes``) for configs that train on shards."""
+    from data_prep.bytes import PrepOptions, prepare
+
+    src = tmp_path_factory.mktemp("bytes_src")
+    for i in range(8):
+        (src / f"doc{i}.txt").write_bytes(real_text[i * 20_000:(i + 1) * 20_000])
+    out = tmp_path_factory.mktemp("bytes_ds")
+    prepare([src], out, PrepOptions(val_fraction=0.3), progress=False)
+    return out

@@ -88,9 +88,9 @@ def main() -> None:
     last = grid.rank == grid.world_size - 1
     assert trainer.stop_request(timed_out=last) == "max_minutes"
     assert trainer.stop_request(timed_out=False) is None
-    trainer._stop_signal = 10 if grid.rank == 0 else None
+    trainer.signals.received = 10 if grid.rank == 0 else None
     assert trainer.stop_request(timed_out=last) == "signal"
-    trainer._stop_signal = None
+    trainer.signals.received = None
     if grid.rank == 0:
         print(json.dumps({"ok": True, "grid": repr(grid), "params": len(report),
                           "decayed": plain[0], "val_bpb_shared": shared["bpb"],

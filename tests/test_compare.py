@@ -449,3 +449,59 @@ def test_compare_on_one_file_holds_out_its_last_bytes(tmp_path):
     assert (out / "heldout.bin").read_bytes() == tail[:3000]  # the file's last bytes, in order
     report = (out / "report.md").read_text()
     assert "| megabyte |" in report and "| transformer_subword |" in report
+
+
+def test_cached_scores_are_reused_only_for_the_same_heldout_bytes(tmp_path, monkeypatch):
+    """A changed ``OUT/heldout.bin`` (another --eval-bytes) is scored again, never answered from
+    the cache of the old bytes; the same bytes at the same step and modes are not rescored."""
+    from types import SimpleNamespace
+
+    import pretrain.inference.evaluation as evaluation
+    import pretrain.inference.loading as loading
+    from pretrain.comparison import runs
+
+    run_dir = tmp_path / "runs" / "megabyte"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"steps": 4}))
+    plan = SimpleNamespace(name="megabyte", cfg=SimpleNamespace(run_dir=str(run_dir)))
+    cfg = SimpleNamespace(model=SimpleNamespace(arch="megabyte", patch_size=8, seq_len=64),
+                          train=SimpleNamespace(micro_batch_size=2))
+    loads = []
+    monkeypatch.setattr(loading, "load_for_inference",
+                        lambda path: loads.append(path) or (cfg, None, None))
+    monkeypatch.setattr(evaluation, "evaluate_bytes",
+                        lambda model, text, *a, **k: {"bpb": 1.0, "bytes": len(text)})
+    heldout = tmp_path / "heldout.bin"
+    heldout.write_bytes(b"a" * 4096)
+    assert runs.evaluate(plan, heldout, ["basic"], tmp_path)["results"]["basic"]["bytes"] == 4096
+    assert runs.evaluate(plan, heldout, ["basic"], tmp_path)["results"]["basic"]["bytes"] == 4096
+    assert len(loads) == 1  # the same bytes: the cache answers
+    heldout.write_bytes(b"a" * 2048)
+    assert runs.evaluate(plan, heldout, ["basic"], tmp_path)["results"]["basic"]["bytes"] == 2048
+    heldout.write_bytes(b"b" * 2048)  # same size, other bytes
+    runs.evaluate(plan, heldout, ["basic"], tmp_path)
+    assert len(loads) == 3
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--modes", "basic,bogus"], "--modes: unknown mode(s) bogus; choose from basic"),
+    (["--modes", ","], "--modes: no mode given"),
+    (["--modes", "strided,basic"], "--modes: the first mode (strided)"),
+    (["--budget-bytes", "-5"], "--budget-bytes must be positive, got -5"),
+    (["--budget-flops", "0"], "--budget-flops must be positive"),
+    (["--nproc", "0"], "--nproc must be positive, got 0"),
+    (["--eval-bytes", "0"], "--eval-bytes must be positive"),
+    (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["--lr-sweep", "fast"], "--lr-sweep: not a learning rate"),
+    (["--budgets", "2y"], "--budgets: not a budget"),
+])
+def test_options_are_checked_before_anything_runs(options, message, capsys):
+    """A bad option is one error line (exit 2) from the argument parser itself: before any data
+    is prepared or any model trains, so no budget is spent on a command that cannot finish."""
+    from pretrain.compare import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--out", "/nonexistent/never-created", *options])
+    assert stop.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert parse_args(["--modes", " sliding, strided "]).modes == ["sliding", "strided"]

@@ -17,10 +17,14 @@ def test_presets_exist():
 
 
 @pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: p.name)
-def test_every_yaml_loads_and_validates(path: Path, sp_model):
+def test_every_yaml_loads_and_validates(path: Path, sp_model, byte_dataset):
     overrides = []
     if "vocab: sentencepiece" in path.read_text():
         overrides.append(f"model.tokenizer={sp_model}")  # the preset names a file made by a command
+    if "source: shards" in path.read_text():  # ... or a dataset made by a command
+        with pytest.raises(ConfigError, match=r"data.datasets\[0\]: no manifest.json"):
+            load_config(path, overrides)
+        overrides.append(f"data.datasets=[{byte_dataset}]")
     cfg = load_config(path, overrides)
     d = derive(cfg, world_size=cfg.parallel.tensor_parallel)
     assert d.global_batch_units == d.global_batch_sequences * cfg.model.seq_len
@@ -137,3 +141,53 @@ def test_a_config_file_that_is_not_a_mapping(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping at the top level, not a list"):
         load_config(path)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["optim.eps=-1"], "optim.eps: must be positive"),
+    (["optim.decay_power=-1"], "optim.decay_power: must be >= 0"),
+    (["model.conv_encoder=true", "model.conv_kernel_sizes=[]"],
+     "model.conv_kernel_sizes: model.conv_encoder=true needs at least one kernel size"),
+    (["train.compile=true", "train.compile_backend=bogus"],
+     "train.compile_backend: unknown torch.compile backend 'bogus'"),
+])
+def test_values_that_would_misbehave_later_are_refused(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIG_DIR / "debug.yaml", overrides)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_documented_and_debug_compile_backends_are_accepted():
+    for backend in ("inductor", "aot_eager", "eager"):
+        load_config(CONFIG_DIR / "debug.yaml", ["train.compile=true", f"train.compile_backend={backend}"])
+
+
+def test_run_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match="run_dir: .* exists and is not a directory"):
+        load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={tmp_path / 'f'}"])
+
+
+def test_a_relative_tokenizer_path_is_saved_absolute(tmp_path, monkeypatch, sp_model):
+    """A run's saved config must find its tokenizer from any working directory (evaluate,
+    generate and export run elsewhere): relative paths are resolved where the config is loaded."""
+    monkeypatch.chdir(sp_model.parent)
+    cfg = load_config(CONFIG_DIR / "debug_subword.yaml", [f"model.tokenizer={sp_model.name}"])
+    assert cfg.model.tokenizer == str(sp_model.resolve())
+    save_resolved(cfg, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert load_config(tmp_path / "config.yaml").model.tokenizer == str(sp_model.resolve())
+
+
+def test_a_section_overridden_by_a_scalar_names_the_section():
+    with pytest.raises(ConfigError, match=r"model.global_model: Merge error") as info:
+        load_config(CONFIG_DIR / "debug.yaml", ["model.global_model=5"])
+    assert "<root>" not in str(info.value)
+
+
+def test_datasets_with_another_source_are_refused(byte_dataset):
+    """They used to be ignored: a media preset without data.source=shards trained on the
+    stdlib's Python source instead."""
+    with pytest.raises(ConfigError, match="data.datasets: set, but data.source=stdlib does not"):
+        load_config(CONFIG_DIR / "debug.yaml", [f"data.datasets=[{byte_dataset}]"])
+    load_config(CONFIG_DIR / "debug.yaml", ["data.source=shards", f"data.datasets=[{byte_dataset}]"])

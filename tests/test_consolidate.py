@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +162,28 @@ def test_bf16_runs_export_the_fp32_master_weights(stage, tmp_path):
         assert got[name].dtype == torch.float32
         assert torch.equal(got[name].bfloat16().float(), value), name
     assert any(not torch.equal(got[n], in_job[n]) for n in in_job), "bf16 values, not the master"
+
+
+def test_export_to_a_directory_is_one_error_line_and_a_failed_write_leaves_no_temp_file(
+        tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    from pretrain.checkpoints.exports import write_export
+    from pretrain.export import main
+    from tests.test_evaluation import assert_one_error_line, run_command, save_tiny_run
+
+    run = save_tiny_run(tmp_path / "run")
+    target = tmp_path / "existing"
+    target.mkdir()
+    code, out, err = run_command(main, ["--checkpoint", run, "--output", target], capsys)
+    assert_one_error_line(code, err, f"{target} is a directory: name the export file")
+    assert list(target.iterdir()) == [] and out == ""
+
+    def broken(tensors, filename, metadata=None):  # a write that fails half-way (disk full)
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="No space"):
+        write_export(tmp_path / "out" / "model.safetensors", {"w": torch.zeros(2)}, {})
+    assert list((tmp_path / "out").iterdir()) == []

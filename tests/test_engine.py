@@ -382,3 +382,14 @@ def test_tp2_rank_does_at_most_055_of_a_tp1_rank_s_training_flops():
     assert len({r["flops"] for r in tp2["ranks"]}) == 1  # both ranks do the same work
     assert result["local_share"] > 0.5
     assert tp2["ratio"] <= 0.55, result
+
+
+def test_results_report_the_full_model_s_parameters(tp2dp2_run):
+    """results.json counts the whole model (TP shards summed, replicated parameters once), as one
+    process and the export do, not the parameters one TP rank holds."""
+    from pretrain.model import build_model, count_params
+
+    run, _, _ = tp2dp2_run
+    cfg = load_config(CONFIG_DIR / "debug.yaml")
+    full = count_params(build_model(cfg.model, 259, 256, 257))
+    assert json.loads((run / "results.json").read_text())["parameters"] == full

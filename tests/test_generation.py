@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -119,3 +121,39 @@ def test_eos_stops_and_prompt_too_long_is_refused():
     assert out["outputs"][0] == [first]
     with pytest.raises(ValueError, match="model context"):
         generate(model, [list(range(64))], max_new=1)
+
+
+def test_max_new_must_be_positive_and_limits_say_what_the_context_left():
+    model = make(tiny_model_config())  # seq_len 64
+    with pytest.raises(ValueError, match="max_new must be at least 1"):
+        generate(model, [[1, 2]], max_new=-3)
+    out = generate(model, [list(range(60)), [1, 2]], max_new=100, sampling=Sampling(temperature=0))
+    assert out["limits"] == [4, 62]
+    assert [len(o) for o in out["outputs"]] == [4, 62]
+
+
+def test_generate_command_says_it_stopped_at_the_context_and_json_holds_the_prompt(tmp_path, capsys):
+    """A 60-byte prompt on a seq_len=64 model with --max-new 100: 4 bytes, and stderr says the
+    context stopped it; --json gives the prompts and the continuations apart, as documented;
+    --max-new -3 is refused."""
+    from pretrain.generate import main
+    from tests.test_evaluation import run_command, save_tiny_run
+
+    run = save_tiny_run(tmp_path / "run")
+    prompt = "x" * 60
+    argv = ["--checkpoint", run, "--prompt", prompt, "--max-new", "100", "--temperature", "0"]
+    code, out, err = run_command(main, argv, capsys)
+    assert code == 0, err[-3000:]
+    assert "stopped at the model's context (64 ids, prompt included): generated 4 of 100" in err
+    assert out.startswith(prompt)
+    code, out, err = run_command(main, [*argv, "--json"], capsys)
+    assert code == 0, err[-3000:]
+    got = json.loads(out)
+    assert got["prompts"] == [prompt] and got["bytes"] == 4
+    assert len(got["outputs"][0].encode("utf-8", "backslashreplace")) >= 4
+    assert "stopped at the model's context" in err
+    code, out, err = run_command(main, ["--checkpoint", run, "--max-new", "-3"], capsys)
+    assert code == 2 and "--max-new must be a positive number of ids, got -3" in err
+    code, out, err = run_command(main, ["--checkpoint", run, "--prompt", "ab", "--max-new", "5"],
+                                 capsys)
+    assert code == 0 and "stopped at" not in err

@@ -688,23 +688,34 @@ def fake_checkpoint(run_dir: Path, ranks: int) -> Path:
     return ckpt
 
 
-@pytest.mark.parametrize("ranks", [2, 0])
-def test_resuming_at_another_process_count_is_refused_before_starting(tmp_path, ranks):
+def test_resuming_at_another_process_count_is_refused_before_starting(tmp_path):
     """It used to start torchrun and end in DeepSpeed's ZeRORuntimeException traceback."""
     run_dir = tmp_path / "run"
-    ckpt = fake_checkpoint(run_dir, ranks)
-    if not ranks:
-        (ckpt / "state.pt").write_bytes(b"")  # a plain single-process checkpoint
+    fake_checkpoint(run_dir, 2)
     proc = subprocess.run([sys.executable, "-m", "launch.local", "--config", "configs/debug.yaml",
                            "--nproc", "1", f"run_dir={run_dir}"], cwd=ROOT, env=launcher_env(),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    written_by = "2 processes" if ranks else "a single-process run"
-    assert proc.stderr.startswith("error: resume error: checkpoint ") and written_by in proc.stderr
+    assert proc.stderr.startswith("error: resume error: checkpoint ") and "2 processes" in proc.stderr
     assert "this run has 1" in proc.stderr and proc.stderr.count("\n") == 1
     assert not (run_dir / "launch").exists()  # nothing started, nothing written
-    with pytest.raises(ConfigError, match="written by"):  # and at submission to Slurm
+    with pytest.raises(ConfigError, match="written by 2 processes"):  # and at submission to Slurm
         slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), [f"run_dir={run_dir}"])
+    slurm.plan_single(str(CONFIG_DIR / "debug.yaml"), [f"run_dir={run_dir}", "slurm.nodes=2"])
+
+
+def test_a_single_process_checkpoint_is_left_to_the_engine(tmp_path):
+    """pretrain.compare may submit a run it trained here (state.pt) to Slurm: the launchers let
+    it through and the engine names the layout in one line when it starts."""
+    from launch.common import check_resume_layout
+    from pretrain.checkpoints import store
+
+    run_dir = tmp_path / "run"
+    ckpt = fake_checkpoint(run_dir, 0)
+    (ckpt / "state.pt").write_bytes(b"")
+    check_resume_layout(load_run_config(CONFIG_DIR / "debug.yaml", [f"run_dir={run_dir}"]), 1)
+    assert "written by a single-process run (state.pt); this run has 1" in (
+        store.resume_layout_error(ckpt, 0, 1))
 
 
 def test_local_run_dir_that_cannot_be_written_is_one_line(tmp_path):

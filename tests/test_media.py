@@ -286,12 +286,44 @@ def test_media_options_are_checked_and_text_fingerprints_ignore_them(tmp_path):
     assert again["status"] == "unchanged"  # media options change nothing for text
 
 
-def test_media_presets_load_and_match_the_byte_layout():
+def test_media_presets_load_and_match_the_byte_layout(byte_dataset):
     from pretrain.config import CONFIG_DIR, load_config
 
-    img = load_config(CONFIG_DIR / "imagenet64_megabyte.yaml").model
+    data = [f"data.datasets=[{byte_dataset}]"]  # the presets train on shards they name
+    img = load_config(CONFIG_DIR / "imagenet64_megabyte.yaml", data).model
     spec = PrepOptions(pixel_order="blocks:2").media_spec("image")
     assert img.seq_len == spec.bytes_per_item() == 64 * 64 * 3
     assert img.patch_size == 3 * 2 * 2  # one blocks:2 block per patch
-    audio = load_config(CONFIG_DIR / "audio_megabyte.yaml").model
+    audio = load_config(CONFIG_DIR / "audio_megabyte.yaml", data).model
     assert (audio.seq_len, audio.patch_size) == (65536, 32)
+
+
+def test_a_16_bit_greyscale_png_is_scaled_not_clipped():
+    """Pillow's RGB conversion clips 16-bit values at 255: a gradient came out 99.6% white."""
+    import io
+
+    from PIL import Image
+
+    from data_prep.media import load_rgb
+
+    grad = (np.arange(4096, dtype=np.uint16).reshape(64, 64) * 16)  # 0 .. 65520
+    buf = io.BytesIO()
+    Image.fromarray(grad).save(buf, format="PNG")
+    pixels = load_rgb(buf.getvalue(), 64, "crop")
+    assert np.array_equal(pixels[..., 0], pixels[..., 2])  # grey
+    expected = np.rint(grad / 65535 * 255)
+    assert np.abs(pixels[..., 0].astype(int) - expected).max() <= 1
+    assert (pixels == 255).mean() < 0.01 and len(np.unique(pixels)) > 200
+
+
+def test_doc_bytes_with_converted_media_is_refused(tmp_path):
+    """--doc-bytes only cuts raw files: with media it was recorded in the manifest and ignored."""
+    src = tmp_path / "wavs"
+    src.mkdir()
+    for i in range(3):
+        (src / f"c{i}.wav").write_bytes(wav_bytes(tone(4000)))
+    with pytest.raises(PrepError, match="--doc-bytes cuts raw files into documents; audio files"):
+        prepare([src], tmp_path / "out", PrepOptions(doc_bytes=1024), progress=False)
+    assert not (tmp_path / "out" / MANIFEST).exists()
+    prepare([src], tmp_path / "raw", PrepOptions(doc_bytes=1024, media="none", val_fraction=0.0),
+            progress=False)  # the files' own bytes: cut as asked

@@ -211,3 +211,187 @@ def test_fused_adamw_is_the_same_update_and_the_engine_needs_no_compiler():
     fused = load_config(CONFIG_DIR / "debug.yaml", ["parallel.deepspeed_fused_adam=true"])
     assert deepspeed_config(fused, derive(fused), torch.device("cuda"))["optimizer"]["params"][
         "torch_adam"] is False
+
+
+# ------------------------------------------------------------------ stop signals, set-up errors
+
+FAST = ["logging.log_interval=1", "train.eval_interval=0"]
+
+
+def test_sigterm_checkpoints_writes_stop_reason_exits_75_and_resumes(tmp_path):
+    """SIGTERM to a single-process run: checkpoint at the next step boundary, stop_reason
+    ``signal``, exit 75 (requeue); running the same command again resumes from that checkpoint."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    log_path = tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "pretrain.train", "--config", "configs/debug.yaml",
+           f"run_dir={run}", "train.max_steps=100000", "checkpoint.interval=0", *FAST]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while "step 2/" not in log_path.read_text() and time.time() < deadline:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 75, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert (run / "stop_reason").read_text() == "signal\n"
+    steps = json.loads((run / "results.json").read_text())["steps"]
+    assert 2 <= steps < 100000
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{steps:08d}"
+    cfg = load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={run}", f"train.max_steps={steps + 2}",
+                                                 "logging.tensorboard=false", *FAST])
+    assert Trainer(cfg, derive(cfg)).train()["steps"] == steps + 2  # the same command resumes
+    assert [h["step"] for h in json.loads((run / "history.json").read_text())][-3:] == [
+        steps, steps + 1, steps + 2]
+
+
+def _other_arch_export(tmp_path):
+    """A safetensors export of a byte Transformer (not the debug MEGABYTE)."""
+    from pretrain.checkpoints.exports import write_export
+    from pretrain.config import as_dict
+
+    cfg = load_config(CONFIG_DIR / "debug_transformer.yaml")
+    model = build_model(cfg.model, 259, 256, 257)
+    return write_export(tmp_path / "other.safetensors", model.state_dict(), as_dict(cfg), {"step": 0})
+
+
+SETUP_CASES = {  # name: what the one line must contain
+    "empty data dir": "no input files under",
+    "tiny corpus": "too small to split",
+    "bad tokenizer": "model.tokenizer:",
+    "init_from garbage": "is not a readable safetensors export",
+    "init_from empty dir": "no checkpoint found",
+    "init_from other arch": "model.arch=transformer there, megabyte here",
+}
+
+
+def _setup_case(name: str, tmp_path) -> list:
+    """The overrides of SETUP_CASES[name], with the bad input made under ``tmp_path``."""
+    bad = tmp_path / "input"
+    if name in ("empty data dir", "tiny corpus", "init_from empty dir"):
+        bad.mkdir()
+    if name == "tiny corpus":
+        (bad / "a.txt").write_text("hello")
+    if name in ("bad tokenizer", "init_from garbage"):
+        bad.write_bytes(b"not what it should be " * 5)
+    if name == "init_from other arch":
+        bad = _other_arch_export(tmp_path)
+    return {"empty data dir": ["data.source=files", f"data.path={bad}"],
+            "tiny corpus": ["data.source=files", f"data.path={bad}"],
+            "bad tokenizer": ["model.arch=transformer", "model.vocab=sentencepiece",
+                              f"model.tokenizer={bad}"]}.get(name, [f"train.init_from={bad}"])
+
+
+@pytest.mark.parametrize("name", list(SETUP_CASES))
+def test_setup_input_errors_are_one_line_exit_2(tmp_path, name):
+    """Bad inputs found while setting up (before the first step): one ``error:`` line naming the
+    key or file, exit 2, no traceback."""
+    proc = run_cli("pretrain.train", "--config", "configs/debug.yaml", f"run_dir={tmp_path / 'run'}",
+                   "train.max_steps=2", "logging.tensorboard=false", *FAST,
+                   *_setup_case(name, tmp_path), check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert last.startswith("error: ") and SETUP_CASES[name] in last, last
+
+
+def test_cuda_device_without_a_gpu_is_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = run_cli("pretrain.train", "--config", "configs/debug.yaml", "train.device=cuda",
+                   "logging.tensorboard=false", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "train.device=cuda" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """4 logged steps with checkpoints at 2 and 4, TensorBoard on."""
+    run_dir = tmp_path_factory.mktemp("short") / "run"
+    cfg = load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={run_dir}", "train.max_steps=4",
+                                                 "checkpoint.interval=2", "checkpoint.keep_last=5",
+                                                 *FAST])
+    Trainer(cfg, derive(cfg)).train()
+    return run_dir
+
+
+def _copy_run(short_run, tmp_path, latest=None):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    if latest is not None:
+        (run / "checkpoints" / "latest").write_text(latest)
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty latest", "dangling latest"])
+def test_broken_checkpoint_is_one_line_naming_the_file(short_run, tmp_path, damage):
+    run = _copy_run(short_run, tmp_path)
+    state = run / "checkpoints" / "step_00000004" / "state.pt"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:2000])
+    elif damage == "garbage":
+        state.write_bytes(b"garbage\n")
+    else:
+        (run / "checkpoints" / "latest").write_text("" if damage == "empty latest" else "step_9\n")
+    proc = run_cli("pretrain.train", "--config", "configs/debug.yaml", f"run_dir={run}",
+                   "train.max_steps=6", *FAST, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    named = state if damage in ("truncated", "garbage") else run / "checkpoints" / "latest"
+    assert last.startswith("error: ") and str(named) in last, last
+    if damage == "garbage":  # evaluate reads the same checkpoint: also one line
+        ev = run_cli("pretrain.evaluate", "--checkpoint", str(run), check=False)
+        assert ev.returncode == 2 and "Traceback" not in ev.stderr and str(state) in ev.stderr
+
+
+def test_resume_with_another_model_shape_names_it_and_keeps_config(short_run, tmp_path):
+    from pretrain.training.inputs import InputError
+
+    run = _copy_run(short_run, tmp_path)
+    before = (run / "config.yaml").read_text()
+    cfg = load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={run}", "train.max_steps=6",
+                                                 "model.global_model.dim=128", *FAST])
+    with pytest.raises(InputError, match=r"model\.global_model\.dim=64 there, 128 here"):
+        Trainer(cfg, derive(cfg)).train()
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_from_an_earlier_checkpoint_leaves_no_duplicate_tensorboard_points(short_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _copy_run(short_run, tmp_path, latest="step_00000002\n")
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    cfg = load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={run}", "train.max_steps=4", *FAST])
+    Trainer(cfg, derive(cfg)).train()
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_resume_past_max_steps_warns(short_run, tmp_path):
+    import logging
+
+    from pretrain.runtime.logs import get_logger
+
+    run = _copy_run(short_run, tmp_path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    get_logger().addHandler(handler)
+    try:
+        cfg = load_config(CONFIG_DIR / "debug.yaml", [f"run_dir={run}", "train.max_steps=2",
+                                                     "logging.tensorboard=false", *FAST])
+        result = Trainer(cfg, derive(cfg)).train()
+    finally:
+        get_logger().removeHandler(handler)
+    assert result["steps"] == 4
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any("step 4, beyond train.max_steps=2" in m for m in warned), warned

@@ -17,19 +17,32 @@ import torch
 from pretrain.config import atomic_write_text, config_from_dict, to_yaml
 
 
+def check_export_path(path: Path) -> Path:
+    """``path`` unchanged, or IsADirectoryError (one line) when it names a directory."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory: name the export file, e.g. "
+                                f"{path / 'model.safetensors'}")
+    return path
+
+
 def write_export(path: Path, weights: Dict[str, torch.Tensor], config: Dict[str, Any],
                  meta: Optional[Dict[str, Any]] = None) -> Path:
-    """Atomically write fp32 ``weights`` + config metadata to ``path`` (and ``path``.yaml)."""
+    """Atomically write fp32 ``weights`` + config metadata to ``path`` (and ``path``.yaml).
+    ``path`` naming a directory is an IsADirectoryError (one line); a failed write leaves no
+    temporary file behind."""
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = check_export_path(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in weights.items()}
     metadata = {"format": "pretrain-export-v1", "config": json.dumps(config),
                 "meta": json.dumps(meta or {})}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # several writers never share it
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; a failed write's leftover otherwise
     atomic_write_text(path.with_name(path.name + ".yaml"), to_yaml(config_from_dict(config)))
     return path
 

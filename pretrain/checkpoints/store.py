@@ -19,6 +19,10 @@ from data_prep.atomic import atomic_write_text
 LATEST = "latest"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file or ``latest`` pointer that cannot be used (one line naming the file)."""
+
+
 def save(ckpt_dir: Path, step: int, state: Dict[str, Any], keep_last: int) -> Path:
     """Write ``state`` as ``step_{step:08d}/state.pt``, point ``latest`` at it, prune old ones."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -56,13 +60,22 @@ def prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
 
 
 def latest(ckpt_dir: Path) -> Optional[Path]:
-    """The checkpoint directory ``latest`` points at, or None. A dangling pointer is an error."""
+    """The checkpoint directory ``latest`` points at, or None. An empty, unreadable or dangling
+    pointer is a :class:`CheckpointError`."""
     pointer = ckpt_dir / LATEST
     if not pointer.is_file():
         return None
-    target = ckpt_dir / pointer.read_text().strip()
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read checkpoint pointer {pointer}: {err}") from None
+    if not name:
+        raise CheckpointError(f"checkpoint pointer {pointer} is empty (it should name a step_* "
+                              "directory); fix or delete it")
+    target = ckpt_dir / name
     if not (target / "state.pt").is_file():
-        raise FileNotFoundError(f"{pointer} points at {target}, which has no state.pt")
+        raise CheckpointError(f"checkpoint pointer {pointer} names {target}, which has no "
+                              "state.pt; point it at an existing checkpoint or delete it")
     return target
 
 
@@ -88,10 +101,21 @@ def resume_layout_error(ckpt: Path, writers: int, world: int) -> str:
 
 
 def load(path: Path) -> Dict[str, Any]:
-    """Load a checkpoint directory (or its ``state.pt``) on the CPU."""
+    """Load a checkpoint directory (or its ``state.pt``) on the CPU; a file that cannot be read
+    or is not a checkpoint (truncated, garbage) is a :class:`CheckpointError` naming it."""
     path = Path(path)
     file = path / "state.pt" if path.is_dir() else path
     try:
-        return torch.load(file, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise RuntimeError(f"cannot load checkpoint {file}: {err}") from None
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # unpickling garbage can raise almost anything; none is recoverable
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"cannot load checkpoint {file}: {first} (truncated or not a "
+                              "checkpoint; point checkpoints/latest at an earlier one)") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{file} is not a training checkpoint (no {', '.join(missing)})")
+    return state
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "bytes_seen", "config")
+"""What every single-process ``state.pt`` holds (see ``Trainer.state_dict``)."""

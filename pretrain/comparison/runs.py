@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import re
 import subprocess
@@ -381,20 +382,23 @@ def train(plan: MatchedRun, out: Path, nproc: int, retry_diverged: bool = False)
 
 def evaluate(plan: MatchedRun, heldout: Path, modes: List[str], out: Path,
              cache_dir: str = "eval") -> Dict[str, Any]:
-    """Bits per byte of the run's final checkpoint on the held-out bytes, cached per step in
-    ``OUT/<cache_dir>/NAME.json`` (one cache directory per file of bytes scored)."""
+    """Bits per byte of the run's final checkpoint on the held-out bytes, cached in
+    ``OUT/<cache_dir>/NAME.json`` (one cache directory per file of bytes scored) and reused only
+    for the same step, modes and held-out bytes (their size and SHA-256: ``--eval-bytes`` or a
+    new corpus rewrites the file, and then every model is scored again)."""
     from pretrain.inference.evaluation import evaluate_bytes
     from pretrain.inference.loading import load_for_inference
 
     run_dir = Path(plan.cfg.run_dir)
     cache = out / cache_dir / f"{plan.name}.json"
     step = json.loads((run_dir / "results.json").read_text())["steps"]
+    text = heldout.read_bytes()
+    scored = {"bytes": len(text), "sha256": hashlib.sha256(text).hexdigest()}
     if cache.is_file():
         old = json.loads(cache.read_text())
-        if old.get("step") == step and old.get("modes") == modes:
+        if old.get("step") == step and old.get("modes") == modes and old.get("heldout") == scored:
             return old
     cfg, model, vocab = load_for_inference(run_dir)
-    text = heldout.read_bytes()
     patch = cfg.model.patch_size if cfg.model.arch == "megabyte" else None
     results: Dict[str, Any] = {}
     for mode in modes:
@@ -406,7 +410,8 @@ def evaluate(plan: MatchedRun, heldout: Path, modes: List[str], out: Path,
         r["seconds"] = time.perf_counter() - t0
         results[mode] = r
         log(f"{plan.name}: {mode} {r['bpb']:.4f} bits per byte")
-    record = {"name": plan.name, "step": step, "modes": modes, "results": results}
+    record = {"name": plan.name, "step": step, "modes": modes, "heldout": scored,
+              "results": results}
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(record, indent=2) + "\n")
     return record

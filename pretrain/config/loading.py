@@ -148,11 +148,17 @@ def _build(from_file: DictConfig, origin: str, overrides: Sequence[str], check: 
         try:
             merged = OmegaConf.merge(merged, tree)
         except OmegaConfBaseException as err:
+            if not getattr(err, "full_key", None):  # e.g. a section given a scalar: name it
+                err.full_key = item.split("=", 1)[0]
             raise _omegaconf_error(err, f"override {item!r}") from None
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise _omegaconf_error(err, origin) from None
+    if cfg.model.tokenizer and not os.path.isabs(cfg.model.tokenizer):
+        # Absolute from here on: the run's saved config (and its checkpoints and exports) then
+        # find the tokenizer from any working directory.
+        cfg.model.tokenizer = os.path.abspath(cfg.model.tokenizer)
     if check:
         validate(cfg)
     return cfg

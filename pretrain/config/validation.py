@@ -28,6 +28,8 @@ def validate(cfg: Config) -> None:
     _check(c.interval >= 0, "checkpoint.interval", f"must be >= 0, got {c.interval}")
     _check(c.keep_last > 0, "checkpoint.keep_last", f"must be positive, got {c.keep_last}")
     _check(bool(cfg.run_dir), "run_dir", "must not be empty")
+    _check(not Path(cfg.run_dir).exists() or Path(cfg.run_dir).is_dir(), "run_dir",
+           f"{cfg.run_dir} exists and is not a directory")
 
 
 def _validate_model(cfg: Config) -> None:
@@ -60,6 +62,8 @@ def _validate_model(cfg: Config) -> None:
                    "rotary positions (cross_patch_window > 0) need an even local head size")
         _check(all(k > 0 for k in m.conv_kernel_sizes), "model.conv_kernel_sizes",
                f"kernel sizes must be positive, got {list(m.conv_kernel_sizes)}")
+        _check(not m.conv_encoder or len(m.conv_kernel_sizes) > 0, "model.conv_kernel_sizes",
+               "model.conv_encoder=true needs at least one kernel size, got []")
     for key, s in stacks:
         _check(s.dim > 0, f"{key}.dim", f"must be positive, got {s.dim}")
         _check(s.layers > 0, f"{key}.layers", f"must be positive, got {s.layers}")
@@ -86,6 +90,10 @@ def _validate_data(cfg: Config) -> None:
     if d.source == "files":
         _check(bool(d.path), "data.path", "required when data.source=files")
         _check(Path(str(d.path)).is_dir(), "data.path", f"not a directory: {d.path}")
+    # Datasets named with another source would be ignored: the run would train on something else.
+    _check(d.source == "shards" or not d.datasets, "data.datasets",
+           f"set, but data.source={d.source} does not read them: add data.source=shards (or "
+           "clear data.datasets)")
     if d.source == "shards":
         _check(len(d.datasets) > 0, "data.datasets", "required when data.source=shards "
                "(directories made by python -m data_prep.bytes)")
@@ -109,6 +117,9 @@ def _validate_optim(cfg: Config) -> None:
     _check(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            f"must be two numbers in [0, 1), got {list(o.betas)}")
+    _check(o.eps > 0, "optim.eps", f"must be positive, got {o.eps}")
+    _check(o.decay_power >= 0, "optim.decay_power",
+           f"must be >= 0 (0 = constant LR after warmup), got {o.decay_power}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {o.grad_clip}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
@@ -132,9 +143,28 @@ def _validate_train(cfg: Config) -> None:
     _check(t.sample_bytes >= 0, "train.sample_bytes", f"must be >= 0, got {t.sample_bytes}")
     _check(t.max_skipped_in_a_row >= 0, "train.max_skipped_in_a_row",
            f"must be >= 0, got {t.max_skipped_in_a_row}")
+    if t.compile:
+        backends = compile_backends()
+        _check(t.compile_backend in backends, "train.compile_backend",
+               f"unknown torch.compile backend {t.compile_backend!r}: use inductor or aot_eager "
+               "(or a name in torch._dynamo.list_backends(exclude_tags=()))")
     if t.init_from:
         _check(Path(t.init_from).exists(), "train.init_from",
                f"not found: {t.init_from} (an export file, a run directory or a checkpoint)")
+
+
+DOCUMENTED_BACKENDS = ("inductor", "aot_eager")
+"""The ``train.compile_backend`` values the schema documents (``aot_eager`` is one that
+``torch._dynamo.list_backends()`` leaves out by default, as a debugging backend)."""
+
+
+def compile_backends() -> list:
+    """Every torch.compile backend name this torch knows (debugging ones included), documented
+    ones first. Imports ``torch._dynamo``: called only when ``train.compile`` is on."""
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    return list(DOCUMENTED_BACKENDS) + sorted(b for b in known if b not in DOCUMENTED_BACKENDS)
 
 
 def _validate_parallel(cfg: Config) -> None:

@@ -67,22 +67,34 @@ def plan_windows(n: int, seq_len: int, stride: Optional[int] = None,
     return windows
 
 
-def window_plan_for(mode: str, n: int, seq_len: int, patch_size: Optional[int],
-                    stride: Optional[int] = None) -> List[Window]:
-    """The window plan for a named mode (``stride`` defaults to seq_len / 2 for sliding)."""
+def mode_stride(mode: str, seq_len: int, patch_size: Optional[int],
+                stride: Optional[int] = None) -> int:
+    """The stride a named mode uses: seq_len unless sliding; for sliding ``stride``, which must
+    be in (0, seq_len] and, on MEGABYTE, a multiple of the patch size (a given stride is never
+    rounded), or by default seq_len / 2 (rounded down to whole patches). ValueError otherwise."""
     if mode not in MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; choose from {', '.join(MODES)}")
-    sliding = mode in ("sliding", "sliding_strided")
-    strided = mode in ("strided", "sliding_strided")
-    if strided and not patch_size:
+    if mode in ("strided", "sliding_strided") and not patch_size:
         raise ValueError("strided inference applies to MEGABYTE (a model with patches) only")
-    if sliding:
-        stride = stride or max(seq_len // 2, patch_size or 1)
-        if patch_size:
-            stride = max(patch_size, stride - stride % patch_size)
-    else:
-        stride = seq_len
-    return plan_windows(n, seq_len, stride, patch_size if strided else None)
+    if mode not in ("sliding", "sliding_strided"):
+        return seq_len
+    if stride is None:
+        stride = max(seq_len // 2, patch_size or 1)
+        return max(patch_size, stride - stride % patch_size) if patch_size else stride
+    if not 0 < stride <= seq_len:
+        raise ValueError(f"stride must be in (0, {seq_len}] (the model's context), got {stride}")
+    if patch_size and stride % patch_size:
+        raise ValueError(f"stride {stride} is not a multiple of the patch size {patch_size}: "
+                         "MEGABYTE's windows move by whole patches")
+    return stride
+
+
+def window_plan_for(mode: str, n: int, seq_len: int, patch_size: Optional[int],
+                    stride: Optional[int] = None) -> List[Window]:
+    """The window plan for a named mode (stride: :func:`mode_stride`)."""
+    strided = mode in ("strided", "sliding_strided")
+    return plan_windows(n, seq_len, mode_stride(mode, seq_len, patch_size, stride),
+                        patch_size if strided else None)
 
 
 @torch.no_grad()
@@ -94,6 +106,8 @@ def score_ids(model: torch.nn.Module, ids: Tensor, windows: Iterable[Window], ba
     ``share = (k, n)``: score only batches ``k, k + n, ...`` (one data-parallel rank's part; the
     caller sums the parts). Every share runs the same number of forward passes (a short share
     repeats its last batch and discards it), as ZeRO-3's collective parameter gathering needs."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1 window, got {batch_size}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -142,15 +156,26 @@ def evaluate_bytes(model: torch.nn.Module, text: bytes, vocab, seq_len: int, mod
     """Bits per byte of ``model`` over every byte of ``text`` in ``mode``.
 
     The text is encoded with ``vocab`` (identity for bytes, SentencePiece for the subword model);
-    the divisor is always ``len(text)`` in bytes. Data-parallel scoring: each rank passes its
+    the divisor is always ``len(text)`` in bytes; ``stride`` in the result is the one used
+    (:func:`mode_stride`). Data-parallel scoring: each rank passes its
     ``share`` (see :func:`score_ids`) and a ``reduce`` that sums ``nats`` and ``positions`` over
     the ranks (the model code stays free of collectives). ``compile_backend`` (e.g. ``inductor``)
     compiles the model's forward in place first, unless it already is (a ``train.compile`` run's
-    model): full windows share one graph, a shorter last window adds one.
+    model): full windows share one graph, a shorter last window adds one; an unknown backend
+    is a ValueError.
     """
     if compile_backend is not None and getattr(model, "_compiled_call_impl", None) is None:
-        compile_model(model, next(model.parameters()).device, compile_backend)
+        try:
+            compile_model(model, next(model.parameters()).device, compile_backend)
+        except RuntimeError as err:
+            from torch._dynamo.exc import InvalidBackend  # loaded by the attempt
+
+            if not isinstance(err, InvalidBackend):
+                raise
+            raise ValueError(f"no torch.compile backend named {compile_backend!r} (see "
+                             "torch._dynamo.list_backends(); inductor is the default)") from None
     ids = torch.tensor(vocab.encode(text), dtype=torch.long)
+    stride = mode_stride(mode, seq_len, patch_size, stride)
     windows = window_plan_for(mode, len(ids), seq_len, patch_size, stride)
     out = score_ids(model, ids, windows, batch_size, progress, autocast_dtype, share)
     if reduce is not None:
@@ -158,6 +183,6 @@ def evaluate_bytes(model: torch.nn.Module, text: bytes, vocab, seq_len: int, mod
     if out["positions"] != len(ids):
         raise AssertionError(f"scored {out['positions']} positions of {len(ids)}")
     return {"mode": mode, "bpb": bits_per_byte(out["nats"], len(text)), "bytes": len(text),
-            "tokens": len(ids), "nats": out["nats"],
+            "tokens": len(ids), "nats": out["nats"], "stride": stride,
             "bytes_per_token": len(text) / max(len(ids), 1)}
 

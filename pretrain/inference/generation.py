@@ -1,10 +1,13 @@
 """Sampling with the models' KV caches (MEGABYTE: one global step per patch, P local steps).
 
 Works for any model with ``new_decode_state(batch, device)`` and ``next_logits(state, new_ids)``.
-Prompts of any length; a batch of prompts is decoded in groups of equal length (every sequence
-of a group is at the same position, so MEGABYTE's global steps line up). A sliding-window
-Transformer (``model.attention_window=W``) keeps only W - 1 cached positions per layer, so its
-decoding memory stays bounded; generation still stops at ``seq_len`` (learned absolute positions).
+Prompts of up to ``seq_len - 1`` ids (a longer one is a ValueError: the model has no position
+left to predict from); a batch of prompts is decoded in groups of equal length (every sequence
+of a group is at the same position, so MEGABYTE's global steps line up). Generation stops when
+the context is full (prompt plus continuation = ``seq_len`` ids), even short of ``max_new``: the
+result's ``limits`` say how many ids each prompt had room for. A sliding-window Transformer
+(``model.attention_window=W``) keeps only W - 1 cached positions per layer, so its decoding
+memory stays bounded; generation still stops at ``seq_len`` (learned absolute positions).
 """
 
 from __future__ import annotations
@@ -61,11 +64,15 @@ def sample_next(logits: Tensor, sampling: Sampling, generator: Optional[torch.Ge
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new: int,
              sampling: Sampling = Sampling(), seed: int = 0, eos_id: Optional[int] = None,
              banned: Sequence[int] = ()) -> Dict[str, object]:
-    """Continue each prompt by up to ``max_new`` ids (fewer if the context fills or EOS comes).
+    """Continue each prompt by up to ``max_new`` (>= 1) ids (fewer if the context fills or EOS
+    comes).
 
-    Returns ``{"outputs": [[ids...], ...], "new_ids": int, "seconds": float}`` with outputs
-    (prompt excluded) in the order of ``prompts``.
+    Returns ``{"outputs": [[ids...], ...], "limits": [int, ...], "new_ids": int, "seconds":
+    float}`` with outputs (prompt excluded) in the order of ``prompts``; ``limits[i]`` is
+    ``min(max_new, seq_len - len(prompts[i]))``, what prompt i had room for.
     """
+    if max_new < 1:
+        raise ValueError(f"max_new must be at least 1 id, got {max_new}")
     model.eval()
     device = next(model.parameters()).device
     T = model.T
@@ -97,7 +104,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new: 
             if bool(done.all()) or step == steps - 1:
                 break
             logits = model.next_logits(state, nxt.view(-1, 1).to(device))
-    return {"outputs": outputs, "new_ids": produced, "seconds": time.perf_counter() - t0}
+    return {"outputs": outputs, "limits": [min(max_new, T - len(p)) for p in prompts],
+            "new_ids": produced, "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()

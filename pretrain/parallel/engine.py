@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch import nn
 from pretrain.checkpoints import store
 from pretrain.checkpoints.consolidate import OpenWeights
 from pretrain.config import Config, Derived, as_dict, derive
-from pretrain.model import build_model, count_params
+from pretrain.model import build_model
 from pretrain.model.losses import bits_per_byte, lm_loss, targets_for
 from pretrain.parallel.grid import ParallelGrid, all_ranks_max, init_distributed, mean_over
 from pretrain.parallel.tensor_parallel import (
@@ -42,6 +41,7 @@ from pretrain.runtime.compile import check_compile
 from pretrain.runtime.device import pick_device
 from pretrain.runtime.logs import get_logger
 from pretrain.runtime.rng import rng_state, set_rng_state
+from pretrain.training.inputs import architecture_difference
 from pretrain.training.optim import decay_split, lr_at, param_groups
 from pretrain.training.trainer import ResumeError, Trainer
 
@@ -101,7 +101,7 @@ class DeepSpeedTrainer(Trainer):
     """ZeRO + TP training on any number of processes (gloo on CPU, nccl on GPU)."""
 
     def __init__(self, cfg: Config) -> None:
-        device = pick_device(cfg.train.device)
+        device = pick_device(cfg.train.device)  # DeviceUnavailable: one line, before any work
         if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         init_distributed(device.type)
@@ -111,16 +111,12 @@ class DeepSpeedTrainer(Trainer):
         if grid.rank != 0:
             log.setLevel(logging.WARNING)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        self._stop_signal: Optional[int] = None
-        self._stop_logged = False
         self._sampler_model: Optional[nn.Module] = None
         self._stage0_applied, self._undo_scheduler = True, 0
         # The single-process construction, with the steps below swapped in.
         super().__init__(cfg, derive(cfg, grid.world_size), device, grid.rank)
         if cfg.parallel.zero_stage == 0:
             self._guard_stage0_optimizer()
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
 
     # ------------------------------------------------------------------ construction steps
 
@@ -179,12 +175,22 @@ class DeepSpeedTrainer(Trainer):
         return self.grid.dp_rank, self.grid.dp_size
 
     def parameter_count(self) -> int:
-        if self.cfg.parallel.zero_stage < 3:
-            return count_params(self.model)
-        return sum(p.ds_numel for p in self.model.parameters())
+        """The full model's parameters (what one process and the export count): TP shards summed
+        over the TP group, replicated parameters once (collective over the TP group)."""
+        sharded = replicated = 0
+        for p in {id(p): p for p in self.model.parameters()}.values():
+            n = int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3: the TP shard's size, unpartitioned
+            if getattr(p, "tensor_model_parallel", False):
+                sharded += n
+            else:
+                replicated += n
+        total = torch.tensor([float(sharded)], dtype=torch.float64, device=self.device)
+        if self.grid.tp_size > 1:
+            dist.all_reduce(total, group=self.grid.tp_group)
+        return replicated + int(round(float(total)))
 
     def layout(self) -> str:
-        return f" per TP rank | {self.grid} | ZeRO-{self.cfg.parallel.zero_stage}"
+        return f" | {self.grid} | ZeRO-{self.cfg.parallel.zero_stage}"
 
     def continue_from_export(self, meta: Dict[str, Any]) -> None:
         """Take over the export's step, bytes seen and data position; move the LR schedule there."""
@@ -197,11 +203,6 @@ class DeepSpeedTrainer(Trainer):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             scheduler.step()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag: a handler that logs can run inside an interrupted write to the same stream
-        # ("reentrant call inside BufferedWriter") and raise on one rank mid-step.
-        self._stop_signal = signum
 
     # ------------------------------------------------------------------ components
 
@@ -285,14 +286,10 @@ class DeepSpeedTrainer(Trainer):
 
         return {"share": (grid.dp_rank, grid.dp_size), "reduce": reduce}
 
-    def stop_request(self, timed_out: bool) -> Optional[str]:
+    def agree_stop(self, signalled: bool, timed_out: bool) -> Optional[str]:
         """One answer on every rank: "signal" if any rank got SIGTERM/SIGUSR1, else "max_minutes"
         if any rank's clock passed ``train.max_minutes``, else None."""
-        if self._stop_signal is not None and not self._stop_logged:
-            self._stop_logged = True
-            log.warning("rank %d: received signal %d; checkpointing at this step boundary",
-                        self.grid.rank, self._stop_signal)
-        flags = torch.tensor([float(self._stop_signal is not None), float(timed_out)],
+        flags = torch.tensor([float(signalled), float(timed_out)],
                              dtype=torch.float64, device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0] > 0:
@@ -373,6 +370,7 @@ class DeepSpeedTrainer(Trainer):
         bad = writers != self.world_size or not rank_file.is_file()
         if all_ranks_max(float(bad), self.device) > 0:  # agreed by all
             raise ResumeError(store.resume_layout_error(self.ckpt_dir / tag, writers, self.world_size))
+        self._check_architecture(self.ckpt_dir / tag)
         path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag,
                                                    load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
@@ -388,6 +386,18 @@ class DeepSpeedTrainer(Trainer):
         rng_tracker().set_states(state["tp_rng"])
         self.train_data.load_state_dict(state["data"])
         log.info("resumed from %s at step %d", self.ckpt_dir / tag, self.step)
+
+    def _check_architecture(self, ckpt: Path) -> None:
+        """A checkpoint of another model shape stops the run with one line naming the settings
+        (read from the client state; every rank reads the same file, so all agree)."""
+        files = sorted(ckpt.glob("*mp_rank_00_model_states.pt"))
+        if not files:
+            return
+        client = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+        diff = architecture_difference((client.get("config") or {}).get("model"), self.cfg)
+        if diff:
+            raise ResumeError(f"cannot resume: checkpoint {ckpt} does not fit this model: "
+                              + "; ".join(diff))
 
     def full_state(self) -> Dict[str, torch.Tensor]:
         """Full fp32 weights (collective: every rank must call it)."""

@@ -23,14 +23,19 @@ def get_logger(name: str = "pretrain") -> logging.Logger:
 
 
 class MetricsWriter:
-    """Scalars and text to TensorBoard event files in ``run_dir/tensorboard`` (if enabled)."""
+    """Scalars and text to TensorBoard event files in ``run_dir/tensorboard`` (if enabled).
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    ``purge_step``: a run resumed from the checkpoint of step N passes N + 1, and TensorBoard
+    drops the points an earlier attempt logged at steps >= N + 1 (otherwise the curve would hold
+    them twice: the lost attempt's and the resumed run's)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, purge_step: Optional[int] = None) -> None:
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
+                                        purge_step=purge_step)
 
     def scalars(self, step: int, values: Dict[str, float], prefix: str = "") -> None:
         """Log every value as ``prefix + key`` at ``step``."""

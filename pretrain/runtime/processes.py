@@ -4,9 +4,12 @@ command line every multi-process start (compare, export, the local launcher, ben
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import List, Optional, Sequence
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 EXIT_REQUEUE = 75
 """Stopped by SIGTERM/SIGUSR1 after saving a checkpoint: requeue, and the run resumes."""
@@ -19,6 +22,38 @@ DIVERGED = "diverged"
 """The ``<run_dir>/stop_reason`` of a run that ended with :data:`EXIT_ABORT`: resuming it replays
 the same batches from the same checkpoint, so launchers do not requeue it and the comparison does
 not retrain it unless asked (``--retry-diverged``)."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""The signals that ask a training run to checkpoint at the next step boundary and exit with
+:data:`EXIT_REQUEUE` (Slurm sends SIGUSR1 before the time limit, SIGTERM on preemption)."""
+
+
+class StopSignals:
+    """While entered, :data:`STOP_SIGNALS` only set :attr:`received` (the signal number); the
+    training loop reads it at each step boundary. The handlers in place before are restored on
+    exit. Outside the main thread (where Python cannot install handlers) it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, kind: Optional[Type[BaseException]], err: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag: a handler that logs can run inside an interrupted write to the same stream
+        # ("reentrant call inside BufferedWriter") and raise mid-step.
+        self.received = signum
 
 
 def read_stop_reason(run_dir: os.PathLike | str) -> Optional[str]:

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from data_prep.shards import ShardError
 from data_prep.vocab import build_vocab
 from pretrain.checkpoints import store
 from pretrain.checkpoints.consolidate import OpenWeights, open_any
@@ -32,8 +33,9 @@ from pretrain.runtime.device import pick_device
 from pretrain.runtime.host_memory import apply_host_memory_setting
 from pretrain.runtime.logs import MetricsWriter, format_metrics, get_logger
 from pretrain.runtime.perf import MFUMeter, format_flops, memory_gb, shared_peak
-from pretrain.runtime.processes import DIVERGED, STOP_REASON
+from pretrain.runtime.processes import DIVERGED, STOP_REASON, StopSignals
 from pretrain.runtime.rng import rng_state, seed_everything, set_rng_state
+from pretrain.training.inputs import check_weights_fit, input_errors
 from pretrain.training.memory import apply_activation_checkpointing
 from pretrain.training.optim import build_optimizer, lr_at, set_lr
 
@@ -41,7 +43,12 @@ log = get_logger()
 
 
 class Trainer:
-    """Builds model, optimizer, data, evaluation and checkpointing from one config."""
+    """Builds model, optimizer, data, evaluation and checkpointing from one config.
+
+    Construction and :meth:`train` up to the first step are the set-up phase: a bad input found
+    there (corpus, tokenizer, ``train.init_from``, run directory, checkpoint) is an
+    :class:`~pretrain.training.inputs.InputError` or
+    :class:`~pretrain.checkpoints.store.CheckpointError`, one line naming the key or file."""
 
     def __init__(self, cfg: Config, derived: Derived, device: Optional[torch.device] = None,
                  rank: int = 0) -> None:
@@ -50,17 +57,22 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = device or pick_device(cfg.train.device)
         apply_host_memory_setting(self.device, cfg.train.host_memory_reuse)
-        self.is_main, self.world_size = rank == 0, derived.world_size
+        self.rank, self.is_main, self.world_size = rank, rank == 0, derived.world_size
         self.amp = self.autocast_dtype()
+        self.signals = StopSignals()
+        self._stop_logged = False
         seed_everything(cfg.train.seed)
-        self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
+        with input_errors("model.tokenizer" if cfg.model.tokenizer else "model.vocab",
+                          (OSError, ValueError, RuntimeError)):
+            self.vocab = build_vocab(cfg.model.vocab, cfg.model.tokenizer)
         exported = self.initial_weights()
         self.build_model(exported)
         if cfg.train.compile:
             self.compile_model()
         self._compile_logged = not cfg.train.compile
         t0 = time.perf_counter()
-        data = build_data(cfg, self.vocab, derived.micro_batch_size, *self.data_coordinates())
+        with input_errors(f"data.source={cfg.data.source}", (OSError, ValueError, ShardError)):
+            data = build_data(cfg, self.vocab, derived.micro_batch_size, *self.data_coordinates())
         self.train_data, self.val_text = data.train, data.val_text
         self.bytes_per_unit = data.bytes_per_unit  # 1.0 for byte models
         log.info("%s; loaded in %.1fs", data.description, time.perf_counter() - t0)
@@ -77,7 +89,7 @@ class Trainer:
         self.bytes_seen = 0.0
         self.skipped_total = self.skipped_in_a_row = 0
         self._nan_injected = False
-        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard and self.is_main)
+        self.metrics = MetricsWriter(self.run_dir, False)  # opened by train(), after resuming
         if exported is not None and cfg.train.init_continue:
             self.continue_from_export(exported.meta)
 
@@ -96,7 +108,8 @@ class Trainer:
         if not path or self.has_checkpoint():
             return None
         log.info("initializing from %s", path)
-        return open_any(Path(path))
+        with input_errors("train.init_from", (OSError, ValueError, KeyError)):
+            return open_any(Path(path))
 
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoints/latest`` exists (a dangling pointer is an error)."""
@@ -108,7 +121,11 @@ class Trainer:
         self.model = build_model(self.cfg.model, self.vocab.vocab_size, self.vocab.pad_id,
                                  self.vocab.bos_id, seed=self.cfg.train.seed).to(self.device)
         if weights is not None:
-            self.model.load_state_dict(weights.all())
+            with input_errors("train.init_from", (OSError, ValueError, KeyError)):
+                state = weights.all()
+            check_weights_fit(self.model, state, str(self.cfg.train.init_from),
+                              weights.config.get("model"), self.cfg, "train.init_from")
+            self.model.load_state_dict(state)
         apply_activation_checkpointing(self.model, self.cfg.parallel)
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
 
@@ -207,6 +224,8 @@ class Trainer:
         if path is None:
             return
         state = store.load(path)
+        check_weights_fit(self.model, state["model"], f"checkpoint {path}",
+                          (state.get("config") or {}).get("model"), self.cfg, "cannot resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.bytes_seen = state["step"], state["bytes_seen"]
@@ -232,9 +251,21 @@ class Trainer:
         return True
 
     def stop_request(self, timed_out: bool) -> Optional[str]:
-        """Why training stops after this step: "signal", "max_minutes" or None. Every rank must
-        get the same answer (the distributed engine agrees across ranks: a clock read on one rank
-        alone would send the ranks down different paths and hang them in mismatched collectives)."""
+        """Why training stops after this step: "signal" (SIGTERM/SIGUSR1 arrived, see
+        :class:`~pretrain.runtime.processes.StopSignals`), "max_minutes" or None."""
+        signalled = self.signals.received is not None
+        if signalled and not self._stop_logged:
+            self._stop_logged = True
+            log.warning("rank %d: received signal %d; checkpointing at this step boundary",
+                        self.rank, self.signals.received)
+        return self.agree_stop(signalled, timed_out)
+
+    def agree_stop(self, signalled: bool, timed_out: bool) -> Optional[str]:
+        """The stop decision from this process's flags. Every rank must get the same answer (the
+        distributed engine agrees across ranks: a clock read on one rank alone would send the
+        ranks down different paths and hang them in mismatched collectives)."""
+        if signalled:
+            return "signal"
         return "max_minutes" if timed_out else None
 
     def measure_peak(self) -> MFUMeter:
@@ -247,12 +278,30 @@ class Trainer:
                  format_flops(per_device), self.world_size, self.cfg.train.dtype)
         return MFUMeter(per_device * self.world_size, dtype)
 
+    def prepare_run(self) -> None:
+        """The rest of the set-up: resume, then (only once that worked) write ``config.yaml``
+        and open TensorBoard, dropping the points an earlier attempt logged after the step
+        resumed from (``purge_step``), so a resumed curve has no duplicates."""
+        cfg = self.cfg
+        self.maybe_resume()
+        if self.step > cfg.train.max_steps:
+            log.warning("resumed at step %d, beyond train.max_steps=%d: nothing to train; the "
+                        "results report step %d", self.step, cfg.train.max_steps, self.step)
+        if self.is_main:
+            with input_errors(f"run_dir={self.run_dir}"):
+                save_resolved(cfg, self.run_dir, self.derived)
+                self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard,
+                                             purge_step=self.step + 1 if self.step else None)
+
     def train(self) -> Dict[str, Any]:
         """Train to ``train.max_steps`` (or ``train.max_minutes`` / a stop signal); return results."""
+        self.prepare_run()
+        with self.signals:
+            return self._loop()
+
+    def _loop(self) -> Dict[str, Any]:
+        """The training loop proper (after :meth:`prepare_run`)."""
         cfg = self.cfg
-        if self.is_main:
-            save_resolved(cfg, self.run_dir, self.derived)
-        self.maybe_resume()
         meter = _Throughput(self.bytes_seen, self.measure_peak())
         t_start = time.perf_counter()
         deadline = t_start + cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
