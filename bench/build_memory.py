@@ -146,6 +146,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--mode", choices=["old", "new"], default="new", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    heads = max(1, args.dim // 128)  # as overrides() builds the model
+    if args.tp < 1 or heads % args.tp or args.ranks % args.tp:
+        ap.error(f"--tp {args.tp} must divide --ranks {args.ranks} and the {heads} head(s) that "
+                 f"--dim {args.dim} gives (dim / 128)")
     if args.worker:
         worker(args)
         return 0

@@ -351,7 +351,7 @@ class Trainer:
         """A skipped (non-finite) update: log and count it; abort after too many in a row."""
         self.skipped_total += 1
         self.skipped_in_a_row += 1
-        self._say(f"step {self.step + 1}: non-finite loss or gradient ({stats['loss']}); update "
+        self._say(f"step {self.step + 1}: non-finite loss or gradient (loss {stats['loss']}); update "
                   f"skipped ({self.skipped_in_a_row} in a row, {self.skipped_total} in total)")
         self.metrics.scalars(self.step, {"skipped_steps": self.skipped_total}, "train/")
         limit = self.cfg.train.max_skipped_in_a_row
