@@ -409,15 +409,39 @@ def check_saved_configs(plan: Submission) -> None:
                               "run_dir, or --replace to overwrite it")
 
 
+def _saved_configs(plan: Submission) -> Dict[Path, Optional[str]]:
+    """Each run's saved launch config as it is now (None: none yet)."""
+    saved: Dict[Path, Optional[str]] = {}
+    for run in plan.runs:
+        path = launched_config_path(run.cfg.run_dir)
+        saved[path] = path.read_text() if path.is_file() else None
+    return saved
+
+
+def _restore_configs(saved: Dict[Path, Optional[str]]) -> None:
+    """Put the saved launch configs back after a failed ``sbatch``: nothing was queued with the
+    new ones, so a corrected resubmission must not be refused as "another config"."""
+    for path, text in saved.items():
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_text(path, text)
+
+
 def submit(plan: Submission, replace: bool = False) -> Dict[str, object]:
     if not replace:
         check_saved_configs(plan)
+    saved = _saved_configs(plan)
     write_files(plan)
     result: Dict[str, object] = {"job_id": None, "script": None, "log": None,
                                  "run_dirs": [r.cfg.run_dir for r in plan.runs]}
-    prepare_id = submit_preparation(plan, result)
+    try:
+        prepare_id = submit_preparation(plan, result)
+        job_id = sbatch(plan.script_path, dependency=prepare_id) if plan.runs else ""
+    except (RuntimeError, OSError):
+        _restore_configs(saved)
+        raise
     if plan.runs:
-        job_id = sbatch(plan.script_path, dependency=prepare_id)
         array = len(plan.runs) > 1
         log = os.path.join(plan.output_dir, f"slurm-{job_id}_%a.out" if array else f"slurm-{job_id}.out")
         result.update(job_id=job_id, script=str(plan.script_path), log=log,

@@ -778,3 +778,24 @@ def test_local_exit_codes():
     assert exit_code({"stop_reason": None, "torchrun_exit_code": -9}) == 137
     assert exit_code({"stop_reason": None, "torchrun_exit_code": 1}) == 1
     assert exit_code({"stop_reason": "signal", "torchrun_exit_code": 0}) == EXIT_REQUEUE
+
+
+def test_a_failed_sbatch_puts_the_saved_config_back(tmp_path, monkeypatch):
+    """sbatch refused the job (a wrong partition, say): nothing is queued with the new config,
+    so it must not stay behind and make the corrected resubmission "another config"."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    args = ["--config", str(CONFIG_DIR / "debug.yaml"), f"run_dir={run_dir}"]
+
+    def refuse(path, dependency=None):
+        raise RuntimeError("sbatch: error: invalid partition specified: gpux")
+
+    monkeypatch.setattr(slurm, "sbatch", refuse)
+    assert slurm.main(args + ["slurm.partition=gpux"]) == 1
+    assert not (run_dir / "launch" / "config.yaml").exists()
+    monkeypatch.setattr(slurm, "sbatch", lambda path, dependency=None: "8")
+    assert slurm.main(args + ["slurm.partition=gpu"]) == 0  # the corrected one goes through
+    saved = (run_dir / "launch" / "config.yaml").read_text()
+    monkeypatch.setattr(slurm, "sbatch", refuse)
+    assert slurm.main(args + ["slurm.partition=gpu", "train.max_steps=7", "--replace"]) == 1
+    assert (run_dir / "launch" / "config.yaml").read_text() == saved  # the queued job's, kept
