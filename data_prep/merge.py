@@ -35,11 +35,13 @@ from data_prep.shards import (
     VERSION,
     ManifestError,
     ShardError,
+    check_manifest,
     iter_documents,
+    read_manifest,
     remove_stale,
+    shard_records_problem,
     write_manifest,
 )
-from data_prep.verify import check_manifest, read_valid_manifest, shard_records_problem
 
 PARTS = "parts"
 PART_FORMAT = "megabyte-shards-part"
@@ -84,7 +86,7 @@ def _is_bad_input(value: Any) -> bool:
 
 def part_problem(part: Dict[str, Any], task: int, tasks: int) -> Optional[str]:
     """What is wrong with the structure of task ``task``'s part (None: every field the merge
-    reads is there and well-formed; shard records as :func:`~data_prep.verify.shard_record_problem`
+    reads is there and well-formed; shard records as :func:`~data_prep.shards.shard_record_problem`
     wants them)."""
     checks = {"fingerprint": (lambda v: isinstance(v, str), "a string"),
               "task": (lambda v: v == task, f"{task}, as the file name says"),
@@ -183,7 +185,7 @@ def build_manifest(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
 def merged_manifest(out_dir: Path, tasks: Optional[int] = None,
                     fingerprint: Optional[str] = None) -> Dict[str, Any]:
     """The manifest the parts in ``out_dir`` give, checked (:func:`collect_parts`, then
-    :func:`~data_prep.verify.check_manifest`, so two parts naming one shard are refused too);
+    :func:`~data_prep.shards.check_manifest`, so two parts naming one shard are refused too);
     nothing is written."""
     out_dir = Path(out_dir)
     tasks = tasks or job_tasks(out_dir)
@@ -226,7 +228,7 @@ def split_digests(directory: Path, manifest: Optional[Dict[str, Any]] = None) ->
     their order (sha256 over the sorted sha256 of each document's id and bytes), so datasets made
     with different task or worker counts can be compared. ``manifest``: the dataset's (default:
     read from ``directory``)."""
-    manifest = manifest or read_valid_manifest(directory)
+    manifest = manifest or read_manifest(directory)
     out = {}
     for s in SPLITS:
         hashes, n_bytes = [], 0

@@ -35,16 +35,16 @@ def train_tokenizer(dataset: Path, prefix: Path, vocab_size: int, model_type: st
     the whole train split (:func:`~data_prep.tokenizer.sample_train_documents`), unless one from
     the same data, options and trainer version exists (the fingerprint ``data_prep.tokenizer``
     uses: :func:`~data_prep.tokenizer.train_unless_unchanged`)."""
+    from data_prep.shards import read_manifest
     from data_prep.tokenizer import (
         TRAINING_SAMPLE_BYTES,
         dataset_identity,
         sample_train_documents,
         train_unless_unchanged,
     )
-    from data_prep.verify import read_valid_manifest
 
     max_bytes = max_bytes or TRAINING_SAMPLE_BYTES
-    manifest = read_valid_manifest(dataset)
+    manifest = read_manifest(dataset)
     source = {"trained_on": str(dataset), "source_fingerprint": manifest["fingerprint"]}
     docs = sample_train_documents(dataset, max_bytes, progress=progress)  # read only if trained
     return train_unless_unchanged(prefix, dataset_identity(manifest), source, docs, vocab_size,

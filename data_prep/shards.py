@@ -111,7 +111,9 @@ def write_manifest(out_dir: Path, manifest: Dict[str, Any]) -> Path:
 
 
 def read_manifest(directory: Location) -> Dict[str, Any]:
-    """The manifest of a prepared dataset, checked for format and version. ``directory`` may be
+    """The manifest of a prepared dataset, checked for format, version and structure
+    (:func:`check_manifest`: a malformed one is one :class:`ManifestError` naming the field, so
+    no reader meets a KeyError). ``directory`` may be
     a local directory or a remote location (URL, ``pipe:``; see :mod:`data_prep.remote`)."""
     path = join(directory, MANIFEST)
     if not is_remote(directory) and not Path(directory).is_dir():
@@ -135,7 +137,100 @@ def read_manifest(directory: Location) -> Dict[str, Any]:
     if manifest.get("version") != VERSION:
         raise ManifestError(f"{path}: version {manifest.get('version')} is not supported "
                             f"(this code reads version {VERSION})")
+    return check_manifest(manifest, path)  # its structure too: a KeyError nowhere downstream
+
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+RECORD_COUNTS = ("samples", "docs", "bytes", "tokens", "file_bytes")
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
+
+
+def _field_problem(rec: Dict[str, Any], key: str) -> Optional[str]:
+    """What is wrong with field ``key`` of a shard record (None: well-formed)."""
+    if key not in rec:
+        return f"missing field {key!r}"
+    value = rec[key]
+    if key == "sha256":
+        ok = isinstance(value, str) and SHA256_RE.match(value) is not None
+        return None if ok else f"field 'sha256' is {value!r}, not 64 lowercase hex digits"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"field {key!r} is {value!r}, not a count (an integer >= 0)"
+    return None
+
+
+def shard_record_problem(rec: Any) -> Optional[str]:
+    """What is wrong with one shard record of a manifest or a part (None: well-formed): a shard
+    name of ours (a plain ``{split}-NNNNNN.tar`` name, never a path), its split, its counts and
+    its sha256."""
+    if not isinstance(rec, dict):
+        return f"is {type(rec).__name__}, not an object"
+    name = rec.get("name")
+    if "name" not in rec:
+        return "missing field 'name'"
+    parsed = parse_shard_name(name) if isinstance(name, str) else None
+    if parsed is None:
+        return (f"field 'name' is {name!r}, not a shard name (split-NNNNNN.tar or "
+                "split-tNNNN-NNNNNN.tar, no directories)")
+    if "split" not in rec:
+        return "missing field 'split'"
+    if rec["split"] != parsed[0]:
+        return f"field 'split' is {rec['split']!r} but the name says {parsed[0]!r}"
+    for key in RECORD_COUNTS + ("sha256",):
+        problem = _field_problem(rec, key)
+        if problem:
+            return problem
+    return None
+
+
+def shard_records_problem(records: Any, field: str = "shards") -> Optional[str]:
+    """What is wrong with a list of shard records (None: a list of well-formed, distinct records)."""
+    if not isinstance(records, list):
+        return f"field {field!r} is {type(records).__name__}, not a list"
+    seen = set()
+    for i, rec in enumerate(records):
+        problem = shard_record_problem(rec)
+        named = isinstance(rec, dict) and isinstance(rec.get("name"), str) and parse_shard_name(rec["name"])
+        label = f"{field}[{i}]" + (f" ({rec['name']})" if named else "")
+        if problem:
+            return f"{label}: {problem}"
+        if rec["name"] in seen:
+            return f"{label}: named twice"
+        seen.add(rec["name"])
+    return None
+
+
+def manifest_problem(manifest: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the structure of a dataset manifest of this format and version:
+    ``kind``, ``dtype`` of token data, ``fingerprint`` and every shard record (see
+    :func:`shard_record_problem`). None when every reader can rely on it."""
+    if "kind" not in manifest:
+        return "missing field 'kind'"
+    if manifest["kind"] not in PAYLOAD_EXT:
+        return f"field 'kind' is {manifest['kind']!r}, not one of {', '.join(PAYLOAD_EXT)}"
+    if manifest["kind"] == "tokens" and manifest.get("dtype") not in TOKEN_DTYPES:
+        return (f"field 'dtype' is {manifest.get('dtype')!r}, not one of {', '.join(TOKEN_DTYPES)}"
+                if "dtype" in manifest else "missing field 'dtype'")
+    if not isinstance(manifest.get("fingerprint"), str):
+        return ("missing field 'fingerprint'" if "fingerprint" not in manifest
+                else f"field 'fingerprint' is {manifest['fingerprint']!r}, not a string")
+    if "shards" not in manifest:
+        return "missing field 'shards'"
+    return shard_records_problem(manifest["shards"])
+
+
+def check_manifest(manifest: Dict[str, Any], where: Location,
+                   hint: str = "damaged manifest: prepare the dataset again") -> Dict[str, Any]:
+    """``manifest`` if its structure is sound (one check for every reader), else
+    :class:`ManifestError` naming ``where`` (the manifest's location) and the missing or bad
+    field, then ``hint``."""
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ManifestError(f"{where}: {problem} ({hint})")
     return manifest
+
+
 
 
 def finished_manifest(out_dir: Path, fingerprint: str, kind: str) -> Optional[Dict[str, Any]]:

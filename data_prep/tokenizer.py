@@ -126,10 +126,9 @@ def sample_train_documents(dataset: Any, max_bytes: int = TRAINING_SAMPLE_BYTES,
     from tqdm import tqdm
 
     from data_prep.remote import join
-    from data_prep.shards import iter_shard_documents, shard_records
-    from data_prep.verify import read_valid_manifest
+    from data_prep.shards import iter_shard_documents, read_manifest, shard_records
 
-    manifest = read_valid_manifest(dataset)
+    manifest = read_manifest(dataset)
     recs = [r for r in shard_records(manifest, "train") if r["docs"] > 0]
     total_docs, total_bytes = sum(r["docs"] for r in recs), sum(r["bytes"] for r in recs)
     if not recs:
@@ -319,16 +318,16 @@ def tokenize_dataset(dataset: Location, model_path: Path, out_dir: Path, workers
         VERSION,
         finished_manifest,
         parse_shard_name,
+        read_manifest,
         remove_stale,
         sha256_file,
         start_rewrite,
         write_manifest,
     )
-    from data_prep.verify import read_valid_manifest
     from data_prep.vocab import SentencePieceVocab
 
     t0 = time.perf_counter()
-    src = read_valid_manifest(dataset)
+    src = read_manifest(dataset)
     if src["kind"] != "bytes":
         raise TokenizeError(f"{dataset}: holds {src['kind']} shards; tokenize a byte dataset "
                             "(python -m data_prep.bytes)")
@@ -501,11 +500,11 @@ def _training_source(args: argparse.Namespace) -> Tuple[List[Any], Dict[str, Any
     generator, read only if iterated) for ``--dataset`` (:func:`dataset_identity`; documents
     drawn across the whole train split, not its first bytes) or the files of ``--input`` / the
     stdlib (each file's path, size and mtime)."""
+    from data_prep.shards import read_manifest
     from data_prep.sources import list_files, read_documents, stdlib_dir, stdlib_files
-    from data_prep.verify import read_valid_manifest
 
     if args.dataset is not None:
-        manifest = read_valid_manifest(args.dataset)
+        manifest = read_manifest(args.dataset)
         docs = sample_train_documents(args.dataset, args.max_bytes, progress=not args.no_progress)
         return (dataset_identity(manifest), {"trained_on": str(args.dataset),
                                              "source_fingerprint": manifest["fingerprint"]}, docs)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,116 +29,13 @@ from typing import Any, BinaryIO, Dict, List, Optional, Tuple
 
 from data_prep.remote import Location, RemoteError, join, open_stream, size_of
 from data_prep.shards import (
-    MANIFEST,
-    PAYLOAD_EXT,
     SPLITS,
     ManifestError,
     ShardError,
     iter_shard_raw,
     parse_key,
-    parse_shard_name,
     read_manifest,
 )
-
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-RECORD_COUNTS = ("samples", "docs", "bytes", "tokens", "file_bytes")
-TOKEN_DTYPES = ("uint16", "uint32")
-
-
-# --------------------------------------------------------------------------------------
-# The structure of a manifest (one check for every reader in data_prep)
-# --------------------------------------------------------------------------------------
-
-
-def _field_problem(rec: Dict[str, Any], key: str) -> Optional[str]:
-    """What is wrong with field ``key`` of a shard record (None: well-formed)."""
-    if key not in rec:
-        return f"missing field {key!r}"
-    value = rec[key]
-    if key == "sha256":
-        ok = isinstance(value, str) and SHA256_RE.match(value) is not None
-        return None if ok else f"field 'sha256' is {value!r}, not 64 lowercase hex digits"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return f"field {key!r} is {value!r}, not a count (an integer >= 0)"
-    return None
-
-
-def shard_record_problem(rec: Any) -> Optional[str]:
-    """What is wrong with one shard record of a manifest or a part (None: well-formed): a shard
-    name of ours (a plain ``{split}-NNNNNN.tar`` name, never a path), its split, its counts and
-    its sha256."""
-    if not isinstance(rec, dict):
-        return f"is {type(rec).__name__}, not an object"
-    name = rec.get("name")
-    if "name" not in rec:
-        return "missing field 'name'"
-    parsed = parse_shard_name(name) if isinstance(name, str) else None
-    if parsed is None:
-        return (f"field 'name' is {name!r}, not a shard name (split-NNNNNN.tar or "
-                "split-tNNNN-NNNNNN.tar, no directories)")
-    if "split" not in rec:
-        return "missing field 'split'"
-    if rec["split"] != parsed[0]:
-        return f"field 'split' is {rec['split']!r} but the name says {parsed[0]!r}"
-    for key in RECORD_COUNTS + ("sha256",):
-        problem = _field_problem(rec, key)
-        if problem:
-            return problem
-    return None
-
-
-def shard_records_problem(records: Any, field: str = "shards") -> Optional[str]:
-    """What is wrong with a list of shard records (None: a list of well-formed, distinct records)."""
-    if not isinstance(records, list):
-        return f"field {field!r} is {type(records).__name__}, not a list"
-    seen = set()
-    for i, rec in enumerate(records):
-        problem = shard_record_problem(rec)
-        named = isinstance(rec, dict) and isinstance(rec.get("name"), str) and parse_shard_name(rec["name"])
-        label = f"{field}[{i}]" + (f" ({rec['name']})" if named else "")
-        if problem:
-            return f"{label}: {problem}"
-        if rec["name"] in seen:
-            return f"{label}: named twice"
-        seen.add(rec["name"])
-    return None
-
-
-def manifest_problem(manifest: Dict[str, Any]) -> Optional[str]:
-    """What is wrong with the structure of a dataset manifest that :func:`read_manifest` accepted
-    (format and version): ``kind``, ``dtype`` of token data, ``fingerprint`` and every shard
-    record (see :func:`shard_record_problem`). None when every reader can rely on it."""
-    if "kind" not in manifest:
-        return "missing field 'kind'"
-    if manifest["kind"] not in PAYLOAD_EXT:
-        return f"field 'kind' is {manifest['kind']!r}, not one of {', '.join(PAYLOAD_EXT)}"
-    if manifest["kind"] == "tokens" and manifest.get("dtype") not in TOKEN_DTYPES:
-        return (f"field 'dtype' is {manifest.get('dtype')!r}, not one of {', '.join(TOKEN_DTYPES)}"
-                if "dtype" in manifest else "missing field 'dtype'")
-    if not isinstance(manifest.get("fingerprint"), str):
-        return ("missing field 'fingerprint'" if "fingerprint" not in manifest
-                else f"field 'fingerprint' is {manifest['fingerprint']!r}, not a string")
-    if "shards" not in manifest:
-        return "missing field 'shards'"
-    return shard_records_problem(manifest["shards"])
-
-
-def check_manifest(manifest: Dict[str, Any], where: Location,
-                   hint: str = "damaged manifest: prepare the dataset again") -> Dict[str, Any]:
-    """``manifest`` if its structure is sound, else :class:`ManifestError` naming ``where`` (the
-    manifest's location) and the missing or bad field, then ``hint``."""
-    problem = manifest_problem(manifest)
-    if problem:
-        raise ManifestError(f"{where}: {problem} ({hint})")
-    return manifest
-
-
-def read_valid_manifest(directory: Location) -> Dict[str, Any]:
-    """:func:`~data_prep.shards.read_manifest` plus :func:`check_manifest`: what every reader in
-    ``data_prep`` uses, so a malformed manifest is one :class:`ManifestError`, never a KeyError."""
-    manifest = read_manifest(directory)
-    return check_manifest(manifest, join(directory, MANIFEST))
-
 
 # --------------------------------------------------------------------------------------
 # Checking shards
@@ -257,7 +153,7 @@ def verify(directory: Location, workers: int = 1, progress: bool = True,
     depend on it."""
     from tqdm import tqdm
 
-    manifest = manifest or read_valid_manifest(directory)
+    manifest = manifest or read_manifest(directory)
     records = manifest["shards"]
     bar = tqdm(total=sum(r["file_bytes"] for r in records), unit="B", unit_scale=True,
                desc=f"verify {directory}", disable=not progress, file=sys.stderr)
@@ -294,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        manifest = read_valid_manifest(args.dataset)
+        manifest = read_manifest(args.dataset)
         bad = verify(args.dataset, args.workers, not args.no_progress, manifest)
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,8 +60,7 @@ import numpy as np
 import torch
 
 from data_prep.remote import is_remote, join, size_of
-from data_prep.shards import ShardError, shard_records
-from data_prep.verify import read_valid_manifest
+from data_prep.shards import ShardError, read_manifest, shard_records
 
 log = logging.getLogger("pretrain")
 
@@ -113,7 +112,7 @@ def open_dataset(path: str | Path, split: str = "train") -> Dataset:
     (``python -m data_prep.verify`` checks them all up front).
     """
     path = str(path) if is_remote(path) else str(Path(path))
-    manifest = read_valid_manifest(path)  # a malformed one: ManifestError naming the field
+    manifest = read_manifest(path)
     kind = manifest["kind"]
     dtype = PAYLOAD_DTYPES["uint8"] if kind == "bytes" else PAYLOAD_DTYPES[manifest["dtype"]]
     shards = []
