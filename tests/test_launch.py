@@ -402,6 +402,18 @@ def write_sweep(tmp_path: Path, body: str) -> Path:
     return path
 
 
+def two_run_sweep(tmp_path: Path, second: str, *second_overrides: str) -> Path:
+    """A sweep of configs/debug.yaml (run_dir a) and configs/SECOND (run_dir b, more overrides)."""
+    extra = "".join(f", {o}" for o in second_overrides)
+    return write_sweep(tmp_path, f"""
+runs:
+  - config: {CONFIG_DIR / 'debug.yaml'}
+    overrides: [run_dir={tmp_path / 'a'}]
+  - config: {CONFIG_DIR / second}
+    overrides: [run_dir={tmp_path / 'b'}{extra}]
+""")
+
+
 def test_sweep_defers_checks_only_for_files_a_prepare_step_creates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tok = tmp_path / "tok.model"
@@ -521,13 +533,7 @@ prepare:
 
 def test_array_tasks_must_share_resources(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sweep = write_sweep(tmp_path, f"""
-runs:
-  - config: {CONFIG_DIR / 'debug.yaml'}
-    overrides: [run_dir={tmp_path / 'a'}]
-  - config: {CONFIG_DIR / 'debug.yaml'}
-    overrides: [run_dir={tmp_path / 'b'}, slurm.nodes=2]
-""")
+    sweep = two_run_sweep(tmp_path, "debug.yaml", "slurm.nodes=2")
     with pytest.raises(ConfigError, match="slurm.nodes=2 differs"):
         slurm.plan_sweep(str(sweep), [])
     with pytest.raises(ConfigError, match="share run_dir"):
@@ -632,13 +638,7 @@ prepare:
 
 def test_each_run_of_an_array_keeps_a_script_that_resubmits_it_alone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sweep = write_sweep(tmp_path, f"""
-runs:
-  - config: {CONFIG_DIR / 'debug.yaml'}
-    overrides: [run_dir={tmp_path / 'a'}]
-  - config: {CONFIG_DIR / 'debug_transformer.yaml'}
-    overrides: [run_dir={tmp_path / 'b'}]
-""")
+    sweep = two_run_sweep(tmp_path, "debug_transformer.yaml")
     plan = slurm.plan_sweep(str(sweep), [])
     slurm.write_files(plan)
     assert "#SBATCH --array=0-1\n" in plan.script_path.read_text()
